@@ -1,0 +1,5 @@
+import sys
+
+from netllm.cli import main
+
+sys.exit(main())

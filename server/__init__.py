@@ -1,0 +1,1 @@
+"""DASH server: media, player page, dash.js, request logs; and video preparation (ffmpeg)."""
