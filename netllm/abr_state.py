@@ -84,7 +84,8 @@ def _number(doc: dict, name: str, lo: float, hi: float, integer: bool = False) -
         raise ObservationError(name, f"must be a number, got {type(v).__name__}")
     if integer and not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
         raise ObservationError(name, "must be an integer")
-    if not math.isfinite(v) or v < lo or v > hi:
+    # Compare before any float conversion: a huge JSON integer (10**400) does not fit a float.
+    if isinstance(v, float) and not math.isfinite(v) or v < lo or v > hi:
         raise ObservationError(name, f"must be finite and in [{lo}, {hi}], got {v}")
     return int(v) if integer else float(v)
 

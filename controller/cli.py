@@ -1,0 +1,44 @@
+"""`netllm serve-controller`: run the decision service until SIGINT/SIGTERM.
+
+Prints `controller http://HOST:PORT` (flushed) on stdout once listening; logs go to stderr. Also runs as
+`python -m controller.cli [options]` (what `controller.runner.launch_controller` starts).
+The Python runners (in-process, thread, child process) live in `controller.runner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from controller.app import ControllerConfig
+
+Config = ControllerConfig
+
+
+def _announce(url: str) -> None:
+    print(f"controller {url}", flush=True)
+
+
+def run(cfg: ControllerConfig) -> int:
+    from controller.runner import serve_forever
+    from netllm.cli import CommandError
+
+    level = getattr(logging, cfg.log_level.upper(), None)
+    if not isinstance(level, int):
+        raise CommandError(f"--log-level must be one of debug, info, warning, error; got {cfg.log_level!r}")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve_forever(cfg, _announce))
+    except (ValueError, TypeError) as exc:  # bad policy name/options, unknown task
+        raise CommandError(str(exc)) from None
+    except OSError as exc:  # address in use, permission denied
+        raise CommandError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    from netllm.cli import main
+
+    sys.exit(main(["serve-controller", *sys.argv[1:]]))
