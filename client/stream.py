@@ -1,0 +1,148 @@
+"""`netllm stream`: play a prepared video once in headless Chromium and log per-chunk QoE.
+
+Without `--trace` everything runs on loopback: the DASH server (in this process, `server.runner`), the
+decision service (a child process, `controller.runner.launch_controller`, unless `--controller-url` names a
+running one) and the player process (`python -m client.player`). With `--trace FILE` the session runs over an
+emulated link that replays the trace (`emulation.live_session.run_emulated_session(cfg)`).
+
+Outputs in `--out` (default runs/stream-<timestamp>):
+    config.json        the resolved options (session id and out folder included)
+    chunks.csv         one row per chunk as it completes (netllm.chunklog.COLUMNS); chunks.parquet at the end
+    events.jsonl       page events (decisions, stalls, start-up, end, errors, console) and player notes
+    player.json        how the player process ended; player.log its stderr; player_spec.json its spec
+    requests.csv       the DASH server's request log (server.request_log columns)
+    decisions.jsonl    the controller's decision log (when this command started the controller);
+                       controller.log its stderr
+    summary.json       flat session summary; keys documented in client.session
+Exit status: 0 when the whole video played with every chunk logged, 1 when the session failed (the logs and
+the summary of what was played are still written), 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from client.session import PlayerSpec, finalize_session, format_summary, new_session_id, player_page_url, \
+    run_player_process
+from netllm.cli import CommandError
+from netllm.config import arg, save_config
+from netllm.paths import default_video_dir
+from netllm.video import Video, VideoError, load_video_json
+
+
+@dataclass
+class Config:
+    video: Path = arg(default_video_dir(), help="prepared video folder (MPD, segments, video.json)")
+    policy: str = arg("robustmpc", help="ABR policy the controller runs for this session")
+    controller_url: str = arg("", help="use this running controller (http://HOST:PORT), do not start one")
+    out: Path | None = arg(None, help="output folder (default runs/stream-<timestamp>)")
+    decision_timeout_ms: float = arg(1000.0, help="deadline of each controller decision; later = fallback")
+    session_id: str = arg("", help="session id sent with every observation (default: generated)")
+    default_quality: int = arg(1, help="quality assumed before the first chunk (Pensieve: 1)")
+    buffer_s: float = arg(60.0, help="buffer target and maximum in seconds (Pensieve: 60)")
+    session_timeout_s: float = arg(0.0, help="give up after this long (0 = 3 x video duration + 120 s)")
+    trace: Path | None = arg(None, help="bandwidth trace replayed on an emulated link (root + Mininet)")
+    trace_offset_s: float = arg(0.0, help="start the trace at this offset (seconds)")
+    rtt_ms: float = arg(80.0, help="round-trip time of the emulated link (ms)")
+
+
+def load_session_video(path: Path) -> Video:
+    try:
+        return load_video_json(Path(path))
+    except VideoError as exc:
+        raise CommandError(f"--video: {exc}; prepare one with `netllm prepare-video --out {path}`") from None
+
+
+def _check_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise CommandError(f"--controller-url must look like http://HOST:PORT, got {url!r}")
+
+
+def resolve_config(cfg: Config, video: Video) -> Config:
+    """Check the options and fill the defaults that depend on the moment or the video."""
+    if cfg.decision_timeout_ms <= 0:
+        raise CommandError("--decision-timeout-ms must be > 0")
+    if cfg.buffer_s < 2 * video.chunk_duration_s:
+        raise CommandError(f"--buffer-s must be at least two chunks ({2 * video.chunk_duration_s:g} s)")
+    if not 0 <= cfg.default_quality < video.levels:
+        raise CommandError(f"--default-quality must be in 0..{video.levels - 1}")
+    if cfg.session_timeout_s < 0:
+        raise CommandError("--session-timeout-s must be >= 0")
+    if cfg.controller_url:
+        _check_url(cfg.controller_url)
+    out = cfg.out or Path("runs") / f"stream-{time.strftime('%Y%m%d-%H%M%S')}"
+    timeout = cfg.session_timeout_s or 3 * video.chunk_count * video.chunk_duration_s + 120
+    return dataclasses.replace(cfg, out=Path(out), session_id=cfg.session_id or new_session_id(cfg.policy),
+                               session_timeout_s=float(timeout))
+
+
+def player_spec(cfg: Config, video: Video, server_url: str, controller_url: str,
+                trace_name: str = "") -> PlayerSpec:
+    """The player-process spec of a resolved config (shared with the emulated session)."""
+    url = player_page_url(server_url, controller_url=controller_url, session_id=cfg.session_id,
+                          policy=cfg.policy, decision_timeout_ms=cfg.decision_timeout_ms,
+                          default_quality=cfg.default_quality, buffer_s=cfg.buffer_s)
+    return PlayerSpec(url=url, out_dir=str(Path(cfg.out).resolve()), session_id=cfg.session_id,
+                      policy=cfg.policy, trace=trace_name, chunk_count=video.chunk_count,
+                      session_timeout_s=cfg.session_timeout_s,
+                      progress_timeout_s=max(180.0, cfg.buffer_s + 120.0))
+
+
+def run_loopback_session(cfg: Config, video: Video) -> tuple[dict[str, Any], int]:
+    """Server, controller and player on loopback; returns (summary, player exit status)."""
+    from controller.runner import ControllerLaunchError, launch_controller
+    from server.app import ServerConfig
+    from server.runner import BackgroundServer
+
+    out = Path(cfg.out)
+    controller = None
+    try:
+        with BackgroundServer(ServerConfig(media_root=Path(cfg.video).resolve(),
+                                           request_log=out / "requests.csv")) as server:
+            controller_url = cfg.controller_url
+            if not controller_url:
+                try:
+                    controller = launch_controller(cfg.policy, decision_log=out / "decisions.jsonl",
+                                                   stderr_path=out / "controller.log")
+                except ControllerLaunchError as exc:
+                    raise CommandError(f"the controller did not start: {exc}") from None
+                controller_url = controller.url
+            code = run_player_process(player_spec(cfg, video, server.url, controller_url))
+    finally:
+        if controller is not None:
+            controller.stop()
+    summary = finalize_session(out, policy=cfg.policy, video=str(cfg.video), network="loopback",
+                               extra={"controller_url": cfg.controller_url or "started"})
+    return summary, code
+
+
+def run_emulated(cfg: Config) -> int:
+    try:
+        from emulation.live_session import run_emulated_session
+    except ImportError:
+        raise CommandError("emulated links not available (emulation.live_session is missing)") from None
+    return int(run_emulated_session(cfg) or 0)
+
+
+def run(cfg: Config) -> int:
+    video = load_session_video(cfg.video)
+    cfg = resolve_config(cfg, video)
+    if cfg.trace is not None:
+        return run_emulated(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    summary, code = run_loopback_session(cfg, video)
+    print(format_summary(summary, out))
+    if code != 0:
+        print(f"netllm stream: the session failed (player exit {code}): {summary.get('error')}",
+              file=sys.stderr)
+        return 1
+    return 0
