@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("emulation.cleanup_cli", "remove leftovers (namespaces, links, processes) of crashed emulator runs"),
     "sim": ("emulation.abr_sim_cli", "evaluate ABR policies over a trace set in the chunk-level simulator"),
     "report": ("emulation.report", "draw comparison plots (QoE box plots, CDFs, timelines) from a results folder"),
+    "gen-trace": ("traces.generators", "write a synthetic bandwidth trace (stepped, constant, Markov) as a cooked file"),
     "splits": ("traces.splits_cli", "list the project's train/validation/test splits of the ABR trace sets"),
     "train-rl": ("training.rl_baseline", "train the Pensieve-architecture actor-critic baseline in the simulator"),
     "collect": ("training.collect", "build an experience pool by running baselines in the simulator"),

@@ -89,10 +89,8 @@ def parse_steps(text: str) -> list[tuple[float, float]]:
     return steps
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from traces.readers import write_cooked
-
-    parser = argparse.ArgumentParser(prog="python -m traces.generators", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `netllm gen-trace` (also `python -m traces.generators`)."""
     sub = parser.add_subparsers(dest="kind", required=True)
     p_step = sub.add_parser("stepped", help="piecewise-constant trace")
     p_step.add_argument("--steps", required=True, help="Mbps:seconds,... e.g. 1:20,3:20,0.5:20,2:20")
@@ -106,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_mark.add_argument("--max-mbps", type=float, default=6.0)
     for p in (p_step, p_const, p_mark):
         p.add_argument("--out", type=Path, required=True, help="cooked trace file to write")
-    ns = parser.parse_args(argv)
+
+
+def run_args(ns: argparse.Namespace) -> int:
+    from traces.readers import write_cooked
+
     try:
         if ns.kind == "stepped":
             trace = stepped(parse_steps(ns.steps), name=ns.out.name)
@@ -118,9 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
     write_cooked(trace, ns.out)
     print(f"wrote {ns.out} ({trace.duration_s:g} s, mean {trace.mean_bandwidth_kbps / 1000:.3f} Mbps)")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m traces.generators", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@
   const HORIZON = 5;
   const MIN_DOWNLOAD_S = 1e-4;
   const MAX_THROUGHPUT_KBPS = 9e7;  // netllm.abr_state accepts up to 1e8
+  const END_SLACK_S = 0.25;  // playhead this close to the end, with every chunk in, counts as played to the end
 
   window.netllmEvents = [];
 
@@ -328,6 +329,15 @@
         }
       });
       v.addEventListener('ended', () => this.onEnded());
+      // dash.js sometimes leaves the last few milliseconds of the stream as a "gap" it keeps jumping over
+      // without ever firing 'ended' (seen about once in six 48-chunk sessions). Once every chunk is in and
+      // the playhead is within END_SLACK_S of the end, the video has been played: end the session ourselves.
+      const checkEnd = () => {
+        if (this.ended || this.completed.length < this.info.total) return;
+        if (v.currentTime >= this.info.total * this.info.chunkS - END_SLACK_S) this.onEnded();
+      };
+      v.addEventListener('timeupdate', checkEnd);
+      setInterval(checkEnd, 250);
       v.addEventListener('error', () => {
         fatal('video element error: ' + (v.error ? v.error.code + ' ' + v.error.message : '?'));
       });
@@ -389,7 +399,8 @@
         chunk_duration_s: this.info.chunkS, default_quality: this.cfg.defaultQuality, mpd: this.cfg.mpd,
         controller: this.cfg.controller,
         policy: this.cfg.policy, session_id: this.cfg.sessionId, timeout_ms: this.cfg.timeoutMs,
-        buffer_target_s: this.cfg.bufferS, dashjs_version: this.player.getVersion()});
+        buffer_target_s: this.cfg.bufferS, dashjs_version: this.player.getVersion(),
+        t0_epoch_ms: performance.timeOrigin + T0_MS});
       // The first chunk's quality is the controller's answer too: it is asked before dash.js starts.
       const first = await this.decide(0);
       this.player.updateSettings(this.dashSettings(first.quality));
