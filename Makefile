@@ -14,7 +14,7 @@ DEMO_TRACE := .cache/traces/demo-stepped.txt
 # trace (3, 1.2, 4.5, 0.8 Mbps for 30 s each, looping), 80 ms RTT, robustMPC deciding every chunk.
 demo: setup
 	@test -f $(DEMO_TRACE) || $(NETLLM) gen-trace stepped --steps 3:30,1.2:30,4.5:30,0.8:30 --out $(DEMO_TRACE)
-	$(NETLLM) stream --video .cache/videos/default --trace $(DEMO_TRACE) --rtt-ms 80 --policy robustmpc --out runs/demo
+	$(NETLLM) stream --video .cache/videos/default --trace $(DEMO_TRACE) --rtt-ms 80 --policy robustmpc --out runs/demo/$(shell date +%Y%m%d-%H%M%S)
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

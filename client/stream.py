@@ -134,6 +134,9 @@ def run_emulated(cfg: Config) -> int:
 def run(cfg: Config) -> int:
     video = load_session_video(cfg.video)
     cfg = resolve_config(cfg, video)
+    # Never mix two sessions' rows in one log: chunks.csv is appended to as the session runs.
+    if (Path(cfg.out) / "chunks.csv").exists():
+        raise CommandError(f"{cfg.out} already holds a session (chunks.csv); choose another --out")
     if cfg.trace is not None:
         return run_emulated(cfg)
     out = Path(cfg.out)
