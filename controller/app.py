@@ -42,6 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TASK_MODULES: dict[str, str] = {
     "abr": "controller.abr_service",
+    "cjs": "controller.cjs.service",
     "vp": "controller.vp.service",
 }
 """Task name -> plug-in module (with `register(app)`)."""

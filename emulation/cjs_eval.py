@@ -1,0 +1,259 @@
+"""`netllm cjs-eval`: evaluate cluster job schedulers in the Spark-cluster simulator.
+
+Every (policy, seed) episode runs in a pool of worker processes; seed s draws the job stream (the same for
+every policy) and the task durations. Defaults are NetLLM's CJS setting (spark-sched-sim as NetLLM ran it):
+50 executors, 200 jobs of which the first arrives at t=0 and the next 199 after exponential gaps of mean
+25 s, moving delay 2 s, warm-up 1 s, TPC-H queries uniform over 22 queries x 7 sizes.
+
+Results in `--out`:
+- `jobs.csv` and `jobs.parquet`: one row per job: seed, policy, job_id, query, size, arrival_s,
+  completion_s, jct_s;
+- `episodes.csv`: one row per episode: policy, seed, mean_jct_s, decisions, events, wall_s, cpu_s,
+  jobs_per_wall_s;
+- `summary.json`: per policy (see `SUMMARY_KEYS`) plus the run-wide settings and the published reference
+  figures; `config.json`: the resolved options.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netllm.cli import CommandError
+from netllm.config import arg, save_config
+
+JOB_COLUMNS: tuple[str, ...] = ("seed", "policy", "job_id", "query", "size", "arrival_s", "completion_s",
+                                "jct_s")
+SUMMARY_KEYS: dict[str, str] = {
+    "mean_jct_s": "mean job completion time over every job of every seed",
+    "jct_ci95_low": "95% confidence interval of mean_jct_s over seeds (Student t on per-seed means), low end",
+    "jct_ci95_high": "high end of that interval",
+    "jct_std_over_seeds": "standard deviation of the per-seed mean JCT",
+    "median_jct_s": "median JCT over every job",
+    "p95_jct_s": "95th percentile JCT over every job",
+    "seeds": "episodes (one per seed)",
+    "jobs": "jobs completed in all",
+    "decisions_per_episode": "mean scheduler decisions per episode",
+    "jobs_per_wall_s": "simulated jobs per wall-clock second (scheduler time included)",
+    "events_per_wall_s": "simulator events per wall-clock second",
+    "jobs_per_cpu_s": "simulated jobs per CPU second of the worker (less sensitive to a busy machine)",
+}
+PUBLISHED_MEAN_JCT_S: dict[str, float] = {"fifo-cap25": 82.5, "fair": 58.5, "decima": 52.0,
+                                          "netllm-cjs": 48.5}
+"""NetLLM (SIGCOMM'24) Fig. CJS, read off the chart: FIFO (cap 25), Fair, Decima, NetLLM (Llama2-7B)."""
+
+
+@dataclass
+class Config:
+    out: Path = arg(help="results folder")
+    policies: list[str] = arg(["fifo", "fifo-cap25", "fair"],
+                              help="CJS policies (controller.cjs registry names)")
+    seeds: int = arg(10, help="episodes per policy: seeds seed_base .. seed_base+seeds-1")
+    seed_base: int = arg(0, help="first seed")
+    executors: int = arg(50, help="executors in the cluster")
+    jobs: int = arg(200, help="jobs per episode, the initial ones included")
+    initial_jobs: int = arg(1, help="jobs present at t=0 (NetLLM/spark-sched-sim: 1; Decima's paper: 10)")
+    mean_gap_s: float = arg(25.0, help="mean gap between job arrivals after the initial ones (Poisson)")
+    moving_delay_s: float = arg(2.0, help="delay for an executor to move between jobs")
+    warmup_delay_s: float = arg(1.0, help="warm-up added to a fresh executor's first task when no fresh "
+                                          "measurement exists")
+    runnable_rule: str = arg("decima", help="when a stage may get executors: decima (every parent has all "
+                                            "its tasks started or promised) or parents-finished")
+    tpch_dir: Path | None = arg(None, help="TPC-H DAG folder (default: <shared data>/cjs/tpch)")
+    policy_options: str = arg("", help='JSON object: policy name -> constructor options, e.g. '
+                                       '{"decima": {"checkpoint": "model.safetensors"}}')
+    workers: int = arg(0, help="worker processes (0: one per CPU core)")
+    job_log: bool = arg(True, help="write jobs.csv/jobs.parquet")
+
+
+# ---------------------------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tpch_dir: str | None, sim_kwargs: dict[str, Any], options: dict[str, dict]) -> None:
+    from emulation.cluster_sim import ClusterSim, SimConfig
+    from traces.jobs import JobCatalog
+
+    _WORKER.clear()
+    catalog = JobCatalog(Path(tpch_dir) if tpch_dir else None)
+    catalog.all_jobs()  # load every DAG up front so that episode timings measure the simulation only
+    _WORKER["sim"] = ClusterSim(SimConfig(**sim_kwargs), catalog)
+    _WORKER["options"] = options
+    _WORKER["policies"] = {}
+
+
+def _run_unit(policy_name: str, seed: int) -> dict[str, Any]:
+    from controller.cjs.policies import make_policy
+
+    policies = _WORKER["policies"]
+    if policy_name not in policies:
+        policies[policy_name] = make_policy(policy_name, **_WORKER["options"].get(policy_name, {}))
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = _WORKER["sim"].run(policies[policy_name], seed)
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    rows = [{"seed": seed, "policy": policy_name, "job_id": j.job_id, "query": j.query, "size": j.size,
+             "arrival_s": j.arrival_s, "completion_s": j.completion_s, "jct_s": j.jct_s} for j in result.jobs]
+    episode = {"policy": policy_name, "seed": seed, "mean_jct_s": result.mean_jct_s, "jobs": len(result.jobs),
+               "decisions": result.decisions, "events": result.events, "wall_s": wall_s, "cpu_s": cpu_s,
+               "end_time_s": result.end_time_s, "jobs_per_wall_s": len(result.jobs) / wall_s}
+    return {"episode": episode, "rows": rows}
+
+
+def _run_all(cfg: Config, options: dict[str, dict]) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    sim_kwargs = {"num_executors": cfg.executors, "num_jobs": cfg.jobs, "initial_jobs": cfg.initial_jobs,
+                  "mean_gap_s": cfg.mean_gap_s, "moving_delay_s": cfg.moving_delay_s,
+                  "warmup_delay_s": cfg.warmup_delay_s, "runnable_rule": cfg.runnable_rule}
+    units = [(p, cfg.seed_base + k) for p in cfg.policies for k in range(cfg.seeds)]
+    workers = min(cfg.workers or os.cpu_count() or 1, len(units))
+    args = (str(cfg.tpch_dir) if cfg.tpch_dir else None, sim_kwargs, options)
+    bar = tqdm(total=len(units), desc="episodes", unit="episode", disable=None)
+    results = []
+    if workers == 1:
+        _init_worker(*args)
+        for unit in units:
+            results.append(_run_unit(*unit))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=args) as pool:
+            futures = [pool.submit(_run_unit, *unit) for unit in units]
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+    bar.close()
+    results.sort(key=lambda r: (cfg.policies.index(r["episode"]["policy"]), r["episode"]["seed"]))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def ci95(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) with a Student-t interval; a single value gives a zero-width interval."""
+    import numpy as np
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
+    return mean, mean - half, mean + half
+
+
+def summarize(results: list[dict[str, Any]], policies: list[str]) -> dict[str, dict[str, Any]]:
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in policies:
+        mine = [r for r in results if r["episode"]["policy"] == name]
+        episodes = [r["episode"] for r in mine]
+        jcts = np.array([row["jct_s"] for r in mine for row in r["rows"]])
+        per_seed = [e["mean_jct_s"] for e in episodes]
+        _, low, high = ci95(per_seed)
+        wall = sum(e["wall_s"] for e in episodes)
+        out[name] = {
+            "mean_jct_s": float(jcts.mean()), "jct_ci95_low": low, "jct_ci95_high": high,
+            "jct_std_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+            "median_jct_s": float(np.median(jcts)), "p95_jct_s": float(np.percentile(jcts, 95)),
+            "seeds": len(episodes), "jobs": int(jcts.size),
+            "decisions_per_episode": float(np.mean([e["decisions"] for e in episodes])),
+            "jobs_per_wall_s": float(jcts.size / wall),
+            "events_per_wall_s": sum(e["events"] for e in episodes) / wall,
+            "jobs_per_cpu_s": float(jcts.size / max(sum(e["cpu_s"] for e in episodes), 1e-9)),
+        }
+    return out
+
+
+def _write_tables(out: Path, results: list[dict[str, Any]], job_log: bool) -> None:
+    episodes = [r["episode"] for r in results]
+    with open(out / "episodes.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(episodes[0]))
+        writer.writeheader()
+        writer.writerows(episodes)
+    if not job_log:
+        return
+    rows = [row for r in results for row in r["rows"]]
+    with open(out / "jobs.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(JOB_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=list(JOB_COLUMNS)).to_parquet(out / "jobs.parquet", index=False)
+
+
+def _check(cfg: Config) -> dict[str, dict]:
+    from controller.cjs.policies import PolicyUnavailableError, UnknownPolicyError, policy_class
+    from traces.jobs import JobCatalog, JobDataError
+
+    if not cfg.policies or cfg.seeds < 1 or cfg.executors < 1 or cfg.jobs < 1:
+        raise CommandError("need at least one policy, --seeds >= 1, --executors >= 1 and --jobs >= 1")
+    if not 0 <= cfg.initial_jobs <= cfg.jobs or not cfg.mean_gap_s > 0:
+        raise CommandError("need 0 <= --initial-jobs <= --jobs and --mean-gap-s > 0")
+    if cfg.moving_delay_s < 0 or cfg.warmup_delay_s < 0:
+        raise CommandError("delays must be >= 0")
+    from emulation.cluster_sim import RUNNABLE_RULES
+
+    if cfg.runnable_rule not in RUNNABLE_RULES:
+        raise CommandError(f"--runnable-rule must be one of {', '.join(RUNNABLE_RULES)}")
+    for name in cfg.policies:
+        try:
+            policy_class(name)
+        except (UnknownPolicyError, PolicyUnavailableError) as exc:
+            raise CommandError(str(exc.args[0])) from None
+    try:
+        options = json.loads(cfg.policy_options) if cfg.policy_options.strip() else {}
+    except ValueError as exc:
+        raise CommandError(f"--policy-options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise CommandError("--policy-options must be a JSON object of policy name -> object of options")
+    try:
+        JobCatalog(cfg.tpch_dir)
+    except JobDataError as exc:
+        raise CommandError(str(exc)) from None
+    return options
+
+
+def run(cfg: Config) -> int:
+    options = _check(cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.out)
+    started = time.perf_counter()
+    try:
+        results = _run_all(cfg, options)
+    except Exception as exc:  # a policy's invalid answer or a data error inside a worker
+        from controller.cjs.observation import InvalidDecision
+        from emulation.cluster_sim import SchedulerStall
+        from traces.jobs import JobDataError
+
+        if isinstance(exc, (InvalidDecision, SchedulerStall, JobDataError)):
+            raise CommandError(f"{type(exc).__name__}: {exc}") from None
+        raise
+    _write_tables(cfg.out, results, cfg.job_log)
+    per_policy = summarize(results, cfg.policies)
+    summary = {
+        **per_policy, "policies": cfg.policies,
+        "seeds": list(range(cfg.seed_base, cfg.seed_base + cfg.seeds)),
+        "executors": cfg.executors, "jobs_per_episode": cfg.jobs, "initial_jobs": cfg.initial_jobs,
+        "mean_gap_s": cfg.mean_gap_s, "moving_delay_s": cfg.moving_delay_s,
+        "warmup_delay_s": cfg.warmup_delay_s,
+        "runnable_rule": cfg.runnable_rule, "wall_s": time.perf_counter() - started, "keys": SUMMARY_KEYS,
+        "published_mean_jct_s": PUBLISHED_MEAN_JCT_S,
+    }
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    width = max(len(p) for p in cfg.policies)
+    for name in cfg.policies:
+        s = per_policy[name]
+        ref = PUBLISHED_MEAN_JCT_S.get(name)
+        print(f"{name.ljust(width)}  mean JCT {s['mean_jct_s']:7.2f} s  95% CI [{s['jct_ci95_low']:.2f}, "
+              f"{s['jct_ci95_high']:.2f}]  {s['jobs_per_wall_s']:.0f} jobs/s"
+              + (f"  (published ~{ref})" if ref else ""))
+    print(f"results in {cfg.out}")
+    return 0

@@ -1,0 +1,60 @@
+"""`netllm cjs-eval`: outputs, per-job logs, summary statistics and user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emulation.cjs_eval import ci95
+from netllm.cli import main
+
+
+def test_cjs_eval_writes_job_logs_and_summary(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc = main(["cjs-eval", "--out", str(out), "--policies", "fifo,fifo-cap25,fair", "--seeds", "2",
+               "--executors", "10", "--jobs", "5", "--mean-gap-s", "20", "--workers", "1",
+               "--tpch-dir", str(shared_data / "cjs" / "tpch")])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["executors"] == 10 and config["jobs"] == 5
+    rows = list(csv.DictReader(open(out / "jobs.csv")))
+    assert len(rows) == 3 * 2 * 5
+    table = pd.read_parquet(out / "jobs.parquet")
+    assert list(table.columns) == ["seed", "policy", "job_id", "query", "size", "arrival_s", "completion_s",
+                                   "jct_s"]
+    assert (table.jct_s == table.completion_s - table.arrival_s).all() and (table.jct_s > 0).all()
+    for name in ("fifo", "fifo-cap25", "fair"):
+        s = summary[name]
+        mine = table[table.policy == name]
+        assert s["mean_jct_s"] == pytest.approx(mine.jct_s.mean())
+        assert s["jct_ci95_low"] <= s["mean_jct_s"] <= s["jct_ci95_high"]
+        assert s["jobs"] == 10 and s["seeds"] == 2 and s["jobs_per_wall_s"] > 0
+    # same job stream for every policy of a seed
+    streams = {p: list(zip(g["seed"], g["query"], g["size"], g["arrival_s"]))
+               for p, g in table.groupby("policy")}
+    assert streams["fifo"] == streams["fair"] == streams["fifo-cap25"]
+    assert summary["published_mean_jct_s"]["fair"] == 58.5
+
+
+def test_cjs_eval_user_errors(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["cjs-eval", "--out", str(tmp_path / "x"), "--seeds", "1", "--jobs", "2"]
+    assert main(base + ["--policies", "sjf"]) == 2
+    assert "unknown CJS policy 'sjf'" in capsys.readouterr().err
+    assert main(base + ["--policies", "decima"]) == 2
+    assert "not implemented" in capsys.readouterr().err
+    assert main(base + ["--tpch-dir", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(base + ["--initial-jobs", "5"]) == 2
+    assert main(base + ["--policy-options", "[1]"]) == 2
+
+
+def test_ci95() -> None:
+    mean, low, high = ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert low == pytest.approx(2.0 - 2.4841, abs=1e-3) and high == pytest.approx(4.4841, abs=1e-3)
+    assert ci95([5.0]) == (5.0, 5.0, 5.0)
