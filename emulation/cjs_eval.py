@@ -21,13 +21,13 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
+from netllm.evaluation import map_units, mean_ci95
 
 JOB_COLUMNS: tuple[str, ...] = ("seed", "policy", "job_id", "query", "size", "arrival_s", "completion_s",
                                 "jct_s")
@@ -107,7 +107,6 @@ def _run_unit(policy_name: str, seed: int) -> dict[str, Any]:
 
 
 def _run_all(cfg: Config, options: dict[str, dict]) -> list[dict[str, Any]]:
-    from tqdm import tqdm
 
     sim_kwargs = {"num_executors": cfg.executors, "num_jobs": cfg.jobs, "initial_jobs": cfg.initial_jobs,
                   "mean_gap_s": cfg.mean_gap_s, "moving_delay_s": cfg.moving_delay_s,
@@ -115,38 +114,12 @@ def _run_all(cfg: Config, options: dict[str, dict]) -> list[dict[str, Any]]:
     units = [(p, cfg.seed_base + k) for p in cfg.policies for k in range(cfg.seeds)]
     workers = min(cfg.workers or os.cpu_count() or 1, len(units))
     args = (str(cfg.tpch_dir) if cfg.tpch_dir else None, sim_kwargs, options)
-    bar = tqdm(total=len(units), desc="episodes", unit="episode", disable=None)
-    results = []
-    if workers == 1:
-        _init_worker(*args)
-        for unit in units:
-            results.append(_run_unit(*unit))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=args) as pool:
-            futures = [pool.submit(_run_unit, *unit) for unit in units]
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update()
-    bar.close()
+    results = map_units(_run_unit, units, _init_worker, args, workers, "episodes", "episode")
     results.sort(key=lambda r: (cfg.policies.index(r["episode"]["policy"]), r["episode"]["seed"]))
     return results
 
 
 # ---------------------------------------------------------------------------------------------- summary
-def ci95(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high) with a Student-t interval; a single value gives a zero-width interval."""
-    import numpy as np
-    from scipy import stats
-
-    arr = np.asarray(values, dtype=float)
-    mean = float(arr.mean())
-    if arr.size < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
-    return mean, mean - half, mean + half
-
-
 def summarize(results: list[dict[str, Any]], policies: list[str]) -> dict[str, dict[str, Any]]:
     import numpy as np
 
@@ -156,7 +129,7 @@ def summarize(results: list[dict[str, Any]], policies: list[str]) -> dict[str, d
         episodes = [r["episode"] for r in mine]
         jcts = np.array([row["jct_s"] for r in mine for row in r["rows"]])
         per_seed = [e["mean_jct_s"] for e in episodes]
-        _, low, high = ci95(per_seed)
+        _, low, high = mean_ci95(per_seed)
         wall = sum(e["wall_s"] for e in episodes)
         out[name] = {
             "mean_jct_s": float(jcts.mean()), "jct_ci95_low": low, "jct_ci95_high": high,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from emulation.cjs_eval import ci95
+from netllm.evaluation import mean_ci95 as ci95
 from netllm.cli import main
 
 

@@ -1,0 +1,48 @@
+"""Pieces every evaluation harness shares (`netllm sim`, `netllm cjs-eval`, ...): running independent units of
+work over a process pool with a progress bar, and confidence intervals of means."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Sequence
+
+
+def map_units(run_unit: Callable[..., Any], units: Sequence[tuple], initializer: Callable[..., None],
+              initargs: tuple, workers: int, desc: str, unit_name: str) -> list[Any]:
+    """Run `run_unit(*unit)` for every unit, in `workers` processes (each set up once by
+    `initializer(*initargs)`), showing progress. Results come back in completion order."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(units), desc=desc, unit=unit_name, disable=None)
+    results: list[Any] = []
+    try:
+        if workers <= 1:
+            initializer(*initargs)
+            for unit in units:
+                results.append(run_unit(*unit))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+                futures = [pool.submit(run_unit, *unit) for unit in units]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.update()
+    finally:
+        bar.close()
+    return results
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t 95% interval of the mean; zero width for a single value."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, mean, mean
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
