@@ -4,6 +4,7 @@ work over a process pool with a progress bar, and confidence intervals of means.
 from __future__ import annotations
 
 import math
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
@@ -23,7 +24,11 @@ def map_units(run_unit: Callable[..., Any], units: Sequence[tuple], initializer:
                 results.append(run_unit(*unit))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+            # "spawn": the parent may already have run torch (policy checks), and forking a process whose torch
+            # thread pools are initialised can deadlock the children.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer,
+                                     initargs=initargs) as pool:
                 futures = [pool.submit(run_unit, *unit) for unit in units]
                 for future in as_completed(futures):
                     results.append(future.result())

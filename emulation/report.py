@@ -1,0 +1,236 @@
+"""`netllm report`: comparison plots from a results folder (simulated or live sessions).
+
+Reads per-chunk logs (`netllm.chunklog.COLUMNS`): a `chunks.parquet` at the top of `--results` (what
+`netllm sim` writes), else every `chunks.parquet` / `chunks.csv` below it (live runs write one per session
+folder; where a folder has both, the Parquet copy is used). Per session the mean chunk QoE skips chunk 0,
+as everywhere in the project.
+
+Writes to `--out`: `qoe_box.png` (per-policy box plot of session QoE), `qoe_cdf.png` (per-policy CDF),
+`qoe_components.png` (mean bitrate, stall and switch terms per policy, which add up to the QoE),
+`timeline_<session>.png` (bitrate,
+buffer and throughput over one session: `--session ID`, default the first), `sessions.csv` (one row per
+session), `summary.json` (per policy: sessions, mean/median QoE, mean bitrate, rebuffer ratio; the plots) and
+`config.json`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netllm.cli import CommandError
+from netllm.config import arg, save_config
+
+
+@dataclass
+class Config:
+    results: Path = arg(help="results folder (netllm sim output, or a folder of live session folders)")
+    out: Path = arg(help="where to write the plots")
+    session: str = arg("", help="session id for the timeline plot (default: the first session)")
+    policies: list[str] = arg([], help="policies to show, in this order (default: all, in log order)")
+    chunk_duration_s: float = arg(4.0, help="seconds of video per chunk (for the rebuffer ratio)")
+
+
+def load_chunks(results: Path) -> Any:
+    """All chunk rows under `results` as a DataFrame with the chunk-log columns."""
+    import pandas as pd
+
+    from netllm.chunklog import COLUMNS, read_chunk_log
+
+    results = Path(results)
+    if not results.is_dir():
+        raise CommandError(f"{results}: not a directory")
+    top = results / "chunks.parquet"
+    if top.exists():
+        files = [top]
+    else:
+        parquet = {p.parent: p for p in results.rglob("chunks.parquet")}
+        csv = {p.parent: p for p in results.rglob("chunks.csv") if p.parent not in parquet}
+        files = sorted([*parquet.values(), *csv.values()])
+    if not files:
+        raise CommandError(f"{results}: no chunks.parquet or chunks.csv found")
+    frames = []
+    for f in files:
+        try:
+            df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.DataFrame(read_chunk_log(f))
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandError(f"{f}: unreadable chunk log ({exc})") from None
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing and len(df):
+            raise CommandError(f"{f}: missing columns {missing}")
+        if len(df):
+            frames.append(df[list(COLUMNS)])
+    if not frames:
+        raise CommandError(f"{results}: the chunk logs are empty")
+    return pd.concat(frames, ignore_index=True)
+
+
+def session_table(chunks: Any) -> Any:
+    """One row per session: policy, trace, chunks, mean QoE (chunk 0 skipped), bitrate, stalls, switches."""
+    import pandas as pd
+
+    from netllm.qoe import REBUFFER_PENALTY, SMOOTH_PENALTY
+
+    rows = []
+    for sid, df in chunks.groupby("session_id", sort=False):
+        df = df.sort_values("chunk_index")
+        qoe = df["qoe"].to_numpy()
+        quality = df["quality"].to_numpy()
+        rows.append({
+            "session_id": sid, "policy": df["policy"].iloc[0], "trace": df["trace"].iloc[0],
+            "chunks": len(df),
+            "mean_qoe": float(qoe[1:].mean()) if len(qoe) > 1 else float("nan"),
+            "mean_bitrate_kbps": float(df["bitrate_kbps"].mean()),
+            "rebuffer_s": float(df["rebuffer_s"].sum()),
+            "switches": int((quality[1:] != quality[:-1]).sum()),
+            # The QoE terms over chunks 1.. (they add up to mean_qoe): bitrate - stall - switch.
+            "bitrate_term": float(df["bitrate_kbps"].iloc[1:].mean() / 1000.0),
+            "stall_term": float(REBUFFER_PENALTY * df["rebuffer_s"].iloc[1:].mean()),
+            "switch_term": float(SMOOTH_PENALTY * df["bitrate_kbps"].diff().abs().iloc[1:].mean() / 1000.0),
+        })
+    return pd.DataFrame(rows)
+
+
+def _policy_order(sessions: Any, wanted: list[str]) -> list[str]:
+    present = list(dict.fromkeys(sessions["policy"]))
+    if not wanted:
+        return present
+    missing = [p for p in wanted if p not in present]
+    if missing:
+        raise CommandError(f"no sessions of {missing} in the results; present: {', '.join(present)}")
+    return wanted
+
+
+def plot_box(sessions: Any, policies: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(policies) + 2), 4.5))
+    data = [sessions.loc[sessions["policy"] == p, "mean_qoe"].dropna().to_numpy() for p in policies]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(policies) + 1), policies, rotation=20 if len(policies) > 4 else 0)
+    ax.set_ylabel("session mean QoE per chunk")
+    ax.set_title("QoE per session (chunk 0 skipped); triangle = mean")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cdf(sessions: Any, policies: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for p in policies:
+        v = np.sort(sessions.loc[sessions["policy"] == p, "mean_qoe"].dropna().to_numpy())
+        if v.size:
+            ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=f"{p} (mean {v.mean():.3f})")
+    ax.set_xlabel("session mean QoE per chunk")
+    ax.set_ylabel("fraction of sessions")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("CDF of session QoE")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_components(sessions: Any, policies: list[str], path: Path) -> None:
+    """Mean QoE per chunk split into its terms (chunks 1..): bitrate, stall penalty, switch penalty."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [sessions[sessions["policy"] == p] for p in policies]
+    terms = [("bitrate (Mbps)", "bitrate_term", 1.0), ("- stall penalty", "stall_term", -1.0),
+             ("- switch penalty", "switch_term", -1.0), ("= mean QoE", "mean_qoe", 1.0)]
+    x = np.arange(len(policies))
+    width = 0.8 / len(terms)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(policies) + 2), 4.5))
+    for i, (label, key, sign) in enumerate(terms):
+        ax.bar(x + (i - 1.5) * width, [sign * r[key].mean() for r in rows], width, label=label)
+    ax.set_xticks(x, policies, rotation=20 if len(policies) > 4 else 0)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("QoE terms per chunk (chunks 1.., mean over sessions)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_timeline(chunks: Any, session_id: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    df = chunks[chunks["session_id"] == session_id].sort_values("chunk_index")
+    t = df["finish_time_s"].to_numpy()
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    axes[0].step(t, df["bitrate_kbps"], where="pre", color="tab:blue")
+    axes[0].set_ylabel("bitrate (kbps)")
+    axes[1].plot(t, df["buffer_after_s"], marker=".", color="tab:green")
+    stalls = df[df["rebuffer_s"] > 0]
+    if len(stalls):
+        axes[1].scatter(stalls["finish_time_s"], [0] * len(stalls), color="tab:red", marker="x", zorder=3,
+                        label="stall")
+        axes[1].legend(fontsize=8)
+    axes[1].set_ylabel("buffer after chunk (s)")
+    axes[2].plot(t, df["throughput_kbps"], marker=".", color="tab:orange")
+    axes[2].set_ylabel("throughput (kbps)")
+    axes[2].set_xlabel("session time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    policy, trace = df["policy"].iloc[0], df["trace"].iloc[0]
+    qoe = df["qoe"].to_numpy()
+    mean = qoe[1:].mean() if len(qoe) > 1 else float("nan")
+    fig.suptitle(f"{policy} on {trace}\nsession {session_id}: mean QoE {mean:.3f}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe number: NaN (e.g. a one-chunk session's mean) becomes null."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and value != value else value
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:100]
+
+
+def run(cfg: Config) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from netllm.chunklog import write_summary
+
+    chunks = load_chunks(cfg.results)
+    sessions = session_table(chunks)
+    policies = _policy_order(sessions, cfg.policies)
+    sessions = sessions[sessions["policy"].isin(policies)]
+    session = cfg.session or str(sessions["session_id"].iloc[0])
+    if session not in set(sessions["session_id"]):
+        raise CommandError(f"no session {session!r} in {cfg.results}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.out)
+    timeline = cfg.out / f"timeline_{_safe_name(session)}.png"
+    plot_box(sessions, policies, cfg.out / "qoe_box.png")
+    plot_cdf(sessions, policies, cfg.out / "qoe_cdf.png")
+    plot_components(sessions, policies, cfg.out / "qoe_components.png")
+    plot_timeline(chunks, session, timeline)
+    sessions.to_csv(cfg.out / "sessions.csv", index=False)
+    doc: dict[str, Any] = {"results": str(cfg.results), "policies": policies, "sessions": int(len(sessions)),
+                           "timeline_session": session,
+                           "plots": ["qoe_box.png", "qoe_cdf.png", "qoe_components.png", timeline.name]}
+    for p in policies:
+        s = sessions[sessions["policy"] == p]
+        doc[p] = {k: _finite(v) for k, v in {
+            "sessions": int(len(s)), "mean_qoe": s["mean_qoe"].mean(), "median_qoe": s["mean_qoe"].median(),
+            "mean_bitrate_kbps": s["mean_bitrate_kbps"].mean(),
+            "rebuffer_ratio": s["rebuffer_s"].sum() / (s["chunks"].sum() * cfg.chunk_duration_s),
+            "switches_per_session": s["switches"].mean()}.items()}
+    write_summary(doc, cfg.out)
+    print(f"plots in {cfg.out}: {', '.join(doc['plots'])}")
+    return 0

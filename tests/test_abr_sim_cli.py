@@ -1,0 +1,122 @@
+"""`netllm sim` end to end (the real command in a subprocess) and its input parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emulation.abr_sim_cli import SUMMARY_KEYS, read_start_offsets, summarize_sessions
+from netllm.chunklog import COLUMNS
+from netllm.cli import CommandError
+
+NETLLM = [sys.executable, "-m", "netllm"]
+
+
+@pytest.fixture()
+def three_traces(shared_data, tmp_path) -> Path:
+    src = sorted((shared_data / "abr" / "traces" / "fcc-test").iterdir())[:3]
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    for p in src:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*NETLLM, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def test_sim_command_writes_summary_sessions_chunks_and_config(shared_data, three_traces, tmp_path):
+    out = tmp_path / "out"
+    video = shared_data / "abr" / "videos" / "video1_sizes"
+    offsets = shared_data / "abr" / "fcc-test-start-offsets.txt"
+    proc = run_cli("sim", "--policies", "bba,robustmpc-pm1,optimal", "--traces", str(three_traces),
+                   "--video", str(video), "--out", str(out), "--start-offsets", str(offsets),
+                   "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policies"] == ["bba", "robustmpc-pm1", "optimal"] and summary["traces"] == 3
+    for name in summary["policies"]:
+        fig = summary[name]
+        assert fig["traces"] == 3
+        assert fig["qoe_ci95_low"] <= fig["mean_qoe"] <= fig["qoe_ci95_high"]
+        assert set(fig) <= set(SUMMARY_KEYS)
+        assert fig["qoe_fraction_of_optimal"] <= 1.0 + 1e-9
+    assert summary["optimal"]["qoe_fraction_of_optimal"] == 1.0
+    sessions = pd.read_csv(out / "sessions.csv")
+    assert len(sessions) == 9
+    starts = read_start_offsets(offsets)
+    assert set(sessions["start_index"]) == {starts[p.name] for p in three_traces.iterdir()}
+    chunks = pd.read_parquet(out / "chunks.parquet")
+    assert list(chunks.columns) == list(COLUMNS)
+    assert len(chunks) == 9 * 48
+    bba = sessions[sessions["policy"] == "bba"]
+    assert summary["bba"]["mean_qoe"] == pytest.approx(bba["mean_qoe"].mean())
+    bba_chunks = chunks[chunks["policy"] == "bba"]
+    per_session = bba_chunks.groupby("session_id")["qoe"].apply(lambda q: q.iloc[1:].mean())
+    assert sorted(per_session) == pytest.approx(sorted(bba["mean_qoe"]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["policies"] == ["bba", "robustmpc-pm1", "optimal"] and config["workers"] == 2
+
+
+def test_sim_noise_is_seeded(shared_data, three_traces, tmp_path):
+    video = shared_data / "abr" / "videos" / "video1_sizes"
+    results = []
+    for seed in ("1", "1", "2"):
+        out = tmp_path / f"noise{len(results)}"
+        proc = run_cli("sim", "--policies", "bba", "--traces", str(three_traces), "--video", str(video),
+                       "--out", str(out), "--noise", "--seed", seed, "--workers", "1", "--no-chunk-log")
+        assert proc.returncode == 0, proc.stderr
+        assert not (out / "chunks.parquet").exists()
+        results.append(json.loads((out / "summary.json").read_text())["bba"]["mean_qoe"])
+    assert results[0] == results[1] != results[2]
+
+
+def test_sim_rejects_bad_input_with_clear_errors(shared_data, three_traces, tmp_path):
+    video = shared_data / "abr" / "videos" / "video1_sizes"
+    proc = run_cli("sim", "--policies", "bba,nope", "--traces", str(three_traces), "--video", str(video),
+                   "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "nope" in proc.stderr
+    proc = run_cli("sim", "--policies", "optimal", "--noise", "--traces", str(three_traces), "--video",
+                   str(video), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "deterministic" in proc.stderr
+    proc = run_cli("sim", "--policies", "pensieve", "--traces", str(three_traces), "--video", str(video),
+                   "--out", str(tmp_path / "o"), env={"NETLLM_PENSIEVE_CHECKPOINT": str(tmp_path / "none")})
+    assert proc.returncode == 2 and "no Pensieve checkpoint" in proc.stderr
+    bad = tmp_path / "offsets.txt"
+    bad.write_text("# header\n" + "\n".join(f"{p.name} 5" for p in sorted(three_traces.iterdir())[:2]) + "\n")
+    proc = run_cli("sim", "--traces", str(three_traces), "--video", str(video), "--out", str(tmp_path / "o"),
+                   "--start-offsets", str(bad))
+    assert proc.returncode == 2 and "no start index" in proc.stderr
+    bad.write_text("trace_a x\n")
+    with pytest.raises(CommandError, match="offsets.txt:1"):
+        read_start_offsets(bad)
+
+
+def test_summary_statistics_on_known_numbers():
+    rows = [{"policy": "a", "trace_pos": i, "mean_qoe": q, "plan_mean_qoe": q, "mean_bitrate_kbps": 1000.0,
+             "rebuffer_s": 2.0, "startup_delay_s": 1.0, "switches": 3, "chunks": 10, "exact": True}
+            for i, q in enumerate([1.0, 2.0, 3.0])]
+    fig = summarize_sessions(rows, ["a"], 4.0)["a"]
+    assert fig["mean_qoe"] == 2.0 and fig["qoe_std"] == pytest.approx(1.0)
+    assert fig["qoe_ci95_high"] - 2.0 == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2) = 4.3027
+    assert fig["rebuffer_ratio"] == pytest.approx(6.0 / 120.0)
+    assert fig["switches_per_session"] == 3.0 and "qoe_fraction_of_optimal" not in fig
+
+
+def test_noise_seeds_are_paired_across_policies(tmp_path):
+    from emulation.abr_sim_cli import Config, _units
+
+    cfg = Config(traces=tmp_path, video=tmp_path, out=tmp_path, policies=["bba", "rb"], seed=3)
+    units = list(_units(cfg, cfg.policies, [1, 5, 9]))
+    seeds = {(name, pos): seed for name, pos, _, seed, _ in units}
+    assert [seeds["bba", i] for i in range(3)] == [seeds["rb", i] for i in range(3)]
+    assert len({seeds["bba", i] for i in range(3)}) == 3
