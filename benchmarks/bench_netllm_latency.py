@@ -1,0 +1,144 @@
+"""Decision latency of the `netllm` policy: full recompute of the context window vs. KV-cache decoding.
+
+Each decision is one `select_quality` call (feature extraction, return-to-go update, the LLM, the head),
+over whole sessions of `--chunks` decisions with a `--window`-step context, LoRA merged into the body as in
+serving. Three schemes are timed:
+- recompute: the whole window re-encoded at every decision;
+- kv: incremental decoding, decisions back to back (a decision that follows a window refresh waits for it);
+- kv-paced: the same with `--gap-ms` between decisions, as in a live session where a chunk downloads between
+  two requests (the refresh runs in that gap).
+
+    .venv/bin/python benchmarks/bench_netllm_latency.py                      # SmolLM2, CPU, untrained weights
+    .venv/bin/python benchmarks/bench_netllm_latency.py --checkpoint models/netllm-abr-smollm2
+    .venv/bin/python benchmarks/bench_netllm_latency.py --backbone llama2-7b-shape --dtype bf16 --device cuda
+
+The weights' values do not change the timing, so without --checkpoint the model is built untrained on
+`--backbone` (llama2-7b-shape: random weights of Llama-2-7B's shape, built from a config, nothing downloaded).
+Prints p50/p99/mean per scheme and writes JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from netllm.abr_state import AbrObservation  # noqa: E402
+
+LADDER = [300.0, 750.0, 1200.0, 1850.0, 2850.0, 4300.0]
+
+
+def session_observations(chunks: int, seed: int) -> list[AbrObservation]:
+    """Plausible observations of one session: log-normal throughputs, a buffer that moves, growing stalls."""
+    rng = np.random.default_rng(seed)
+    obs, tput, dtime, buffer_s, rebuf, last = [], [], [], 4.0, 0.0, 1
+    for c in range(1, chunks + 1):
+        tput.append(float(rng.lognormal(np.log(1500), 0.6)))
+        dtime.append(float(4.0 * LADDER[last] / tput[-1]))
+        buffer_s = float(np.clip(buffer_s + 4.0 - dtime[-1], 0, 60))
+        rebuf += float(max(0.0, dtime[-1] - buffer_s - 4.0))
+        sizes = [[int(b * 500 * rng.uniform(0.85, 1.15)) for b in LADDER]]
+        obs.append(AbrObservation(c, chunks + 1, last, buffer_s, tput[-8:], dtime[-8:], sizes, LADDER, rebuf))
+        last = int(rng.integers(6))
+    return obs
+
+
+def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    from controller.netllm.backbone import BackboneSpec, load_backbone
+    from controller.netllm.checkpoint import load_checkpoint
+    from controller.netllm.model import NetLLMConfig
+    from controller.netllm.model import build_model as build
+
+    if args.checkpoint:
+        return load_checkpoint(Path(args.checkpoint), device=args.device, dtype=args.dtype, merge_lora=True)
+    started = time.perf_counter()
+    body, info = load_backbone(BackboneSpec.parse(args.backbone), device=args.device, dtype=args.dtype)
+    model = build(NetLLMConfig(hidden_size=info.hidden_size, window=args.window), body)
+    model.backbone = model.backbone.merge_and_unload()
+    model.requires_grad_(False)
+    model.eval()
+    return model, {"backbone": info.to_json(), "load_s": time.perf_counter() - started}
+
+
+def time_scheme(model: Any, mode: str, sessions: list[list[AbrObservation]], gap_s: float) -> list[float]:
+    import torch
+
+    from controller.policies.netllm_policy import NetLLMPolicy
+
+    policy = NetLLMPolicy.from_model(model, inference=mode)
+    cuda = next(model.parameters()).device.type == "cuda"
+    latencies = []
+    for session in sessions:
+        policy.reset()
+        for obs in session:
+            started = time.perf_counter()
+            policy.select_quality(obs)
+            if cuda:
+                torch.cuda.synchronize()
+            latencies.append((time.perf_counter() - started) * 1000.0)
+            if gap_s > 0:
+                time.sleep(gap_s)
+    return latencies
+
+
+def stats(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "max_ms": float(a.max()), "decisions": int(a.size)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="smollm2",
+                        help="smollm2, tiny, llama2-7b-shape or a model folder")
+    parser.add_argument("--checkpoint", default="",
+                        help="time a trained checkpoint instead of an untrained model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
+    parser.add_argument("--quantize", default="none", help="none or int8 (CPU serving option)")
+    parser.add_argument("--window", type=int, default=20, help="context steps (ignored with --checkpoint)")
+    parser.add_argument("--sessions", type=int, default=3)
+    parser.add_argument("--chunks", type=int, default=47, help="decisions per session")
+    parser.add_argument("--gap-ms", type=float, default=300.0, help="pause between decisions for kv-paced")
+    parser.add_argument("--schemes", default="recompute,kv,kv-paced")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model, meta = build_model(args)
+    if args.quantize == "int8":
+        from controller.netllm.inference import quantize_int8
+
+        model = quantize_int8(model)
+    sessions = [session_observations(args.chunks, seed) for seed in range(args.sessions)]
+    time_scheme(model, "kv", [sessions[0][:3]], 0.0)  # warm-up (allocator, kernels)
+    results: dict[str, Any] = {
+        "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
+        "quantize": args.quantize, "window": model.cfg.window,
+        "backbone": meta.get("backbone", meta.get("backbone_loaded")), "schemes": {}}
+    for scheme in args.schemes.split(","):
+        mode, gap = ("kv", args.gap_ms / 1000.0) if scheme == "kv-paced" else (scheme, 0.0)
+        s = stats(time_scheme(model, mode, sessions, gap))
+        results["schemes"][scheme] = s
+        print(f"{scheme:>10}: p50 {s['p50_ms']:8.1f} ms   p99 {s['p99_ms']:8.1f} ms   "
+              f"mean {s['mean_ms']:8.1f} ms   ({s['decisions']} decisions)", flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

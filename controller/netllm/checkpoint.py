@@ -1,0 +1,232 @@
+"""NetLLM checkpoint folders: safetensors + JSON only, in the layout of Hugging Face `save_pretrained`.
+
+A checkpoint folder holds:
+- `netllm_config.json`: format name/version, the model config (`NetLLMConfig`), the backbone it was trained on
+  (kind, path or package file, fingerprint, width, layers), the storage dtype, and serving defaults
+  (`target_return_per_chunk`), plus free-form `training` provenance;
+- `adapter_config.json` + `adapter_model.safetensors`: the LoRA adapter, as PEFT writes them (loadable by
+  `peft.PeftModel.from_pretrained` on the same backbone);
+- `netllm_modules.safetensors`: encoder and networking head;
+- `backbone.safetensors`: only when the body itself is not reproducible from its source: random backbones
+  (`tiny`, `llama2-7b-shape`) and full fine-tuning.
+
+Loading never unpickles: every tensor comes from `safetensors.torch.load_file`, nothing calls `torch.load`.
+Tensors may be stored in bf16/fp16 (`storage_dtype`) to keep a checkpoint small; they are cast back to the
+model's float32 (or the backbone's dtype) on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from controller.netllm.backbone import BackboneError, BackboneSpec, load_backbone
+from controller.netllm.model import NetLLMAbr, NetLLMConfig, build_model
+
+FORMAT = "netllm-abr"
+FORMAT_VERSION = 1
+CONFIG_FILE = "netllm_config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODULES_FILE = "netllm_modules.safetensors"
+BACKBONE_FILE = "backbone.safetensors"
+RANDOM_KINDS = ("tiny", "llama2-7b-shape")
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """An unusable checkpoint folder; the message names the file."""
+
+
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            for k, v in state.items()}
+
+
+def _peft(model: NetLLMAbr) -> Any:
+    return model.backbone if hasattr(model.backbone, "peft_config") else None
+
+
+def _backbone_state(model: NetLLMAbr) -> dict[str, torch.Tensor]:
+    """The body's own weights under their plain names (PEFT renames wrapped layers to `*.base_layer.*`)."""
+    body = model.backbone.get_base_model() if _peft(model) is not None else model.backbone
+    return {k.replace(".base_layer.", "."): v for k, v in body.state_dict().items() if "lora_" not in k}
+
+
+def save_checkpoint(model: NetLLMAbr, out_dir: Path, backbone_info: dict[str, Any],
+                    storage_dtype: str = "float32", serving: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint folder atomically (a crash leaves the previous one in place)."""
+    from peft import get_peft_model_state_dict
+
+    if storage_dtype not in STORAGE_DTYPES:
+        raise CheckpointError(f"storage dtype {storage_dtype!r}: use one of {sorted(STORAGE_DTYPES)}")
+    dtype = STORAGE_DTYPES[storage_dtype]
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        files = [MODULES_FILE]
+        modules = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+        modules.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+        save_file(_cast(modules, dtype), str(staging / MODULES_FILE), metadata={"format": "pt"})
+        peft_model = _peft(model)
+        if peft_model is not None:
+            peft_model.peft_config["default"].save_pretrained(str(staging))
+            adapter = get_peft_model_state_dict(peft_model)
+            save_file(_cast(adapter, dtype), str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            files += [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+        if model.cfg.finetune == "full" or backbone_info["kind"] in RANDOM_KINDS:
+            save_file(_cast(_backbone_state(model), dtype), str(staging / BACKBONE_FILE),
+                      metadata={"format": "pt"})
+            files.append(BACKBONE_FILE)
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.cfg.to_json(),
+               "backbone": backbone_info, "storage_dtype": storage_dtype, "files": sorted(files),
+               "serving": serving or {}, "training": training or {}}
+        (staging / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        staging.chmod(0o755)  # mkdtemp and safetensors create private files; checkpoints are shared artefacts
+        for item in staging.iterdir():
+            item.chmod(0o644)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
+            out_dir.rename(old)
+            staging.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / CONFIG_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc}); is {ckpt_dir} a NetLLM checkpoint folder?"
+                              ) from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint config")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {doc.get('format_version')} "
+                              f"(this code reads {FORMAT_VERSION})")
+    for key in ("model", "backbone", "storage_dtype", "files"):
+        if key not in doc:
+            raise CheckpointError(f"{path}: missing {key!r}")
+    return doc
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: tensors do not match the model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, model wants "
+                                  f"{tuple(own[name].shape)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def _backbone_for(doc: dict[str, Any], ckpt_dir: Path, device: str, dtype: str,
+                  backbone_path: str | None, check_fingerprint: bool) -> tuple[nn.Module, dict[str, Any]]:
+    saved = doc["backbone"]
+    kind = saved.get("kind")
+    if kind == "path":
+        folder = backbone_path or saved.get("path", "")
+        spec = BackboneSpec.parse(folder)
+    else:
+        spec = BackboneSpec(kind)
+    try:
+        body, info = load_backbone(spec, device=device, dtype=dtype)
+    except BackboneError as exc:
+        raise CheckpointError(f"{ckpt_dir / CONFIG_FILE}: backbone {kind} {saved.get('path', '')}: {exc}"
+                              ) from exc
+    if check_fingerprint and kind not in RANDOM_KINDS and info.sha256 != saved.get("sha256"):
+        raise CheckpointError(f"{ckpt_dir / CONFIG_FILE}: the backbone found ({info.path}) has fingerprint "
+                              f"{info.sha256[:12]}..., the checkpoint was trained on "
+                              f"{str(saved.get('sha256'))[:12]}...")
+    return body, info.to_json()
+
+
+def load_weights(model: NetLLMAbr, ckpt_dir: Path) -> dict[str, Any]:
+    """Load a checkpoint's trained tensors into a model built with the same config (e.g. to resume)."""
+    from peft import set_peft_model_state_dict
+
+    ckpt_dir = Path(ckpt_dir)
+    doc = read_checkpoint_config(ckpt_dir)
+    if BACKBONE_FILE in doc["files"]:
+        body = model.backbone.get_base_model() if _peft(model) is not None else model.backbone
+        state = {k: v for k, v in _tensors(ckpt_dir / BACKBONE_FILE).items()}
+        own = {k.replace(".base_layer.", "."): k for k in body.state_dict() if "lora_" not in k}
+        _load_into(_Renamed(body, own), state, ckpt_dir / BACKBONE_FILE)
+    _load_into(nn.ModuleDict({"encoder": model.encoder, "head": model.head}),
+               _tensors(ckpt_dir / MODULES_FILE), ckpt_dir / MODULES_FILE)
+    if model.cfg.finetune == "lora":
+        adapter = _tensors(ckpt_dir / ADAPTER_WEIGHTS)
+        result = set_peft_model_state_dict(model.backbone, adapter)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise CheckpointError(f"{ckpt_dir / ADAPTER_WEIGHTS}: adapter does not match the model "
+                                  f"(unexpected {list(result.unexpected_keys)[:5]}, missing {missing[:5]})")
+    return doc
+
+
+class _Renamed:
+    """A module's state_dict under plain names (PEFT's `*.base_layer.*` hidden), for `_load_into`."""
+
+    def __init__(self, module: nn.Module, plain_to_real: dict[str, str]) -> None:
+        self.module, self.names = module, plain_to_real
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        real = self.module.state_dict()
+        return {plain: real[name] for plain, name in self.names.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict({self.names[k]: v for k, v in state.items()}, strict=False)
+
+
+def load_checkpoint(ckpt_dir: Path, device: str = "auto", dtype: str = "auto", merge_lora: bool = False,
+                    backbone_path: str | None = None, check_fingerprint: bool = True
+                    ) -> tuple[NetLLMAbr, dict[str, Any]]:
+    """The model (eval mode) and the checkpoint's config document. `merge_lora` folds the adapter into the
+    body's weights (faster serving, no further training); `backbone_path` overrides a folder backbone's
+    path."""
+    ckpt_dir = Path(ckpt_dir)
+    doc = read_checkpoint_config(ckpt_dir)
+    try:
+        cfg = NetLLMConfig.from_json(doc["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt_dir / CONFIG_FILE}: bad model config ({exc})") from exc
+    body, info = _backbone_for(doc, ckpt_dir, device, dtype, backbone_path, check_fingerprint)
+    model = build_model(cfg, body)
+    load_weights(model, ckpt_dir)
+    if merge_lora and cfg.finetune == "lora":
+        model.backbone = model.backbone.merge_and_unload()
+    model.requires_grad_(False)
+    model.eval()
+    doc["backbone_loaded"] = info
+    return model, doc

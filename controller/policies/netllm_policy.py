@@ -1,0 +1,169 @@
+"""`netllm`: an LLM adapted to ABR with NetLLM (multimodal encoder + LoRA + networking head) as a policy.
+
+Options (constructor keywords, e.g. `--policy-options '{"checkpoint": "runs/abr/best"}'`):
+- `checkpoint`: a checkpoint folder (`controller.netllm.checkpoint`); default `models/netllm-abr-smollm2` in
+  the repository, or $NETLLM_ABR_CHECKPOINT.
+- `device`: auto (CUDA when present, else CPU), cpu, cuda.
+- `sample`: False = greedy (highest-scoring level), True = draw from softmax(logits / temperature) with a
+  generator seeded by `seed` (reproducible).
+- `target_return`: the mean per-chunk QoE to ask for. At a session's first decision the return-to-go is
+  target_return x chunks remaining; default: the checkpoint's `serving.target_return_per_chunk` (chosen on
+  validation traces by `netllm train`).
+- `inference`: kv (incremental decoding with a KV cache, default) or recompute
+  (see controller.netllm.inference).
+- `temperature`, `seed`: sampling only.
+- `backbone_path`: where a checkpoint trained on a local model folder finds it on this machine (default: the
+  path recorded at training; its fingerprint must match).
+- `quantize`: none (default) or int8: dynamic int8 quantisation of the body's linear layers for CPU serving
+  (about 1.7x faster decisions with SmolLM2 on 2 cores; decisions may differ slightly from float32).
+
+Return-to-go bookkeeping: after each chunk the return-to-go drops by that chunk's QoE term (netllm.qoe). The
+policy computes it from two consecutive observations: the chunk's level is the new `last_quality`, the
+previous level the old one, the stall the growth of the cumulative `rebuffer_s` (the simulator's chunk QoE
+exactly; live players report the same fields). A client may instead send it as `extra["last_chunk_qoe"]`.
+
+Loaded models are shared by all instances (the controller builds one instance per session); each instance
+keeps only its session's context window. `blocking = True`: the controller runs it on its worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from controller.policies.base import AbrPolicy
+from netllm.abr_state import AbrObservation
+from netllm.paths import REPO_ROOT
+
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "netllm-abr-smollm2"
+DEFAULT_TARGET_RETURN_PER_CHUNK = 1.0
+
+_MODELS: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def default_checkpoint() -> Path:
+    env = os.environ.get("NETLLM_ABR_CHECKPOINT")
+    return Path(env).expanduser() if env else DEFAULT_CHECKPOINT
+
+
+def shared_model(checkpoint: Path, device: str = "auto", quantize: str = "none",
+                 backbone_path: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load a checkpoint once per process (LoRA merged into the body for serving) and share it."""
+    from controller.netllm.checkpoint import load_checkpoint
+    from controller.netllm.inference import quantize_int8
+
+    if quantize not in ("none", "int8"):
+        raise ValueError(f"quantize {quantize!r}: use none or int8")
+    key = (str(Path(checkpoint).resolve()), device, quantize, backbone_path or "")
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            model, doc = load_checkpoint(Path(checkpoint), device=device, merge_lora=True,
+                                         backbone_path=backbone_path)
+            _MODELS[key] = (quantize_int8(model) if quantize == "int8" else model), doc
+        return _MODELS[key]
+
+
+class NetLLMPolicy(AbrPolicy):
+    name: ClassVar[str] = "netllm"
+    blocking: ClassVar[bool] = True
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto", sample: bool = False,
+                 target_return: float | None = None, seed: int = 0, temperature: float = 1.0,
+                 inference: str = "kv", quantize: str = "none", backbone_path: str | None = None) -> None:
+        path = Path(checkpoint) if checkpoint else default_checkpoint()
+        if not (path / "netllm_config.json").is_file():
+            raise FileNotFoundError(f"{path}: no NetLLM checkpoint here (netllm_config.json); train one with "
+                                    "`netllm train` or pass checkpoint=DIR")
+        model, meta = shared_model(path, device, quantize, backbone_path)
+        self._setup(model, meta.get("serving", {}), sample, target_return, seed, temperature, inference)
+
+    @classmethod
+    def from_model(cls, model: Any, serving: dict[str, Any] | None = None, target_return: float | None = None,
+                   sample: bool = False, seed: int = 0, temperature: float = 1.0,
+                   inference: str = "kv") -> "NetLLMPolicy":
+        """A policy around an in-memory model (validation during training, tests)."""
+        policy = cls.__new__(cls)
+        policy._setup(model, serving or {}, sample, target_return, seed, temperature, inference)
+        return policy
+
+    def _setup(self, model: Any, serving: dict[str, Any], sample: bool, target_return: float | None,
+               seed: int, temperature: float, inference: str) -> None:
+        import torch
+
+        from controller.netllm.inference import DecisionWindow
+
+        if not temperature > 0:
+            raise ValueError("temperature must be > 0")
+        self.model = model
+        self.target_return = float(target_return if target_return is not None else
+                                   serving.get("target_return_per_chunk", DEFAULT_TARGET_RETURN_PER_CHUNK))
+        if not math.isfinite(self.target_return):
+            raise ValueError("target_return must be finite")
+        self.max_timestep = int(serving.get("max_trained_timestep", model.cfg.max_timestep - 1))
+        self.return_scale = float(model.cfg.return_scale)
+        self.sample = bool(sample)
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._window = DecisionWindow(model, mode=inference)
+        self._prev_features: np.ndarray | None = None
+        self._prev_chunk = -1
+        self._session = ""
+        self._return = 0.0
+
+    def reset(self) -> None:
+        self._window.reset()
+        self._prev_features = None
+        self._prev_chunk = -1
+        self._return = 0.0
+        self._generator.manual_seed(self.seed)
+
+    def _continues_session(self, obs: AbrObservation) -> bool:
+        return (self._prev_features is not None and obs.session_id == self._session
+                and obs.chunk_index > self._prev_chunk)
+
+    def _update_return(self, obs: AbrObservation, features: np.ndarray) -> None:
+        from controller.netllm.abr_features import previous_chunk_qoe
+
+        if not self._continues_session(obs):
+            self.reset()
+            self._session = obs.session_id
+            self._return = self.target_return * obs.chunks_remaining
+            return
+        reported = obs.extra.get("last_chunk_qoe") if obs.extra else None
+        if isinstance(reported, (int, float)) and not isinstance(reported, bool) and math.isfinite(reported):
+            qoe = float(reported)
+        else:
+            qoe = previous_chunk_qoe(self._prev_features, features)
+        self._return -= qoe
+
+    def select_quality(self, obs: AbrObservation) -> int:
+        import torch
+
+        from controller.netllm.abr_features import observation_features
+
+        features = observation_features(obs)
+        self._update_return(obs, features)
+        # Chunk indices past the longest training episode reuse its last timestep embedding (the later rows
+        # of the table were never trained).
+        timestep = min(obs.chunk_index, self.max_timestep)
+        logits = self._window.decide(self._return / self.return_scale, features, timestep)
+        if self.sample:
+            probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
+            action = int(torch.multinomial(probs, 1, generator=self._generator))
+        else:
+            action = int(torch.argmax(logits))
+        self._window.commit(action)
+        self._prev_features = features
+        self._prev_chunk = obs.chunk_index
+        return action
+
+    @property
+    def context_steps(self) -> int:
+        return self._window.context_steps

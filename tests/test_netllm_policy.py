@@ -1,0 +1,165 @@
+"""The `netllm` policy: valid levels always, return-to-go bookkeeping, sessions, sampling, simulator and
+controller round trips on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.policies import make_policy
+from controller.policies.netllm_policy import NetLLMPolicy
+from netllm.abr_state import AbrObservation
+from netllm.qoe import chunk_qoe
+from tests.test_netllm_support import synthetic_sessions, synthetic_video, tiny_checkpoint
+
+LADDER = [300.0, 750.0, 1200.0, 1850.0, 2850.0, 4300.0]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("netllm") / "tiny")
+
+
+def observation(chunk: int, last_quality: int = 1, rebuffer_s: float = 0.0, buffer_s: float = 8.0,
+                tput: list[float] | None = None, session_id: str = "s", total: int = 48) -> AbrObservation:
+    tput = [2000.0, 1500.0] if tput is None else tput
+    return AbrObservation(chunk, total, last_quality, buffer_s, list(tput), [1.0] * len(tput),
+                          [[int(b * 500) for b in LADDER]], list(LADDER), rebuffer_s, 4.0, session_id)
+
+
+def test_registry_builds_it_with_a_checkpoint_option(ckpt: Path) -> None:
+    policy = make_policy("netllm", checkpoint=str(ckpt))
+    assert isinstance(policy, NetLLMPolicy) and NetLLMPolicy.blocking is True
+    assert 0 <= policy.select_quality(observation(1)) < 6
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no NetLLM checkpoint"):
+        NetLLMPolicy(checkpoint=tmp_path)
+
+
+@given(chunk=st.integers(0, 200), last=st.integers(0, 5), buffer_s=st.floats(0, 120),
+       rebuf=st.floats(0, 500), tput=st.lists(st.floats(1e-3, 1e6), max_size=20),
+       sizes=st.lists(st.integers(1, 10**8), min_size=6, max_size=6))
+def test_every_answer_is_a_valid_level(ckpt: Path, chunk, last, buffer_s, rebuf, tput, sizes) -> None:
+    policy = NetLLMPolicy(checkpoint=ckpt)
+    obs = AbrObservation(chunk, chunk + 5, last, buffer_s, tput, [2.0] * len(tput), [sizes], list(LADDER),
+                         rebuf)
+    q = policy.select_quality(obs)
+    assert isinstance(q, int) and 0 <= q < 6
+
+
+def test_return_to_go_follows_the_chunk_qoe(ckpt: Path) -> None:
+    policy = NetLLMPolicy(checkpoint=ckpt, target_return=1.5)
+    policy.select_quality(observation(1, last_quality=1))
+    assert policy._return == pytest.approx(1.5 * 47)
+    policy.select_quality(observation(2, last_quality=3, rebuffer_s=0.5))
+    spent = chunk_qoe(LADDER[3], LADDER[1], 0.5)
+    assert policy._return == pytest.approx(1.5 * 47 - spent)
+    # a client-reported QoE wins over the derived one
+    obs = observation(3, last_quality=3, rebuffer_s=0.5)
+    obs.extra["last_chunk_qoe"] = 2.0
+    policy.select_quality(obs)
+    assert policy._return == pytest.approx(1.5 * 47 - spent - 2.0)
+
+
+def test_new_session_restarts_the_context(ckpt: Path) -> None:
+    policy = NetLLMPolicy(checkpoint=ckpt)
+    for c in range(1, 5):
+        policy.select_quality(observation(c))
+    assert policy.context_steps == 4
+    policy.select_quality(observation(1, session_id="other"))
+    assert policy.context_steps == 1
+    policy.select_quality(observation(2, session_id="other"))
+    policy.reset()
+    policy.select_quality(observation(7, session_id="other"))
+    assert policy.context_steps == 1 and policy._return == pytest.approx(policy.target_return * 41)
+
+
+def test_greedy_is_deterministic_and_sampling_is_seeded(ckpt: Path) -> None:
+    def run(**opts) -> list[int]:
+        policy = NetLLMPolicy(checkpoint=ckpt, **opts)
+        return [policy.select_quality(observation(c, last_quality=c % 6, tput=[500.0 * c]))
+                for c in range(1, 30)]
+
+    assert run() == run()
+    assert run(sample=True, seed=5) == run(sample=True, seed=5)
+    samples = {tuple(run(sample=True, seed=s, temperature=5.0)) for s in range(4)}
+    assert len(samples) > 1
+
+
+def test_kv_and_recompute_serving_agree_within_the_window(ckpt: Path) -> None:
+    kv = NetLLMPolicy(checkpoint=ckpt, inference="kv")
+    full = NetLLMPolicy(checkpoint=ckpt, inference="recompute")
+    for c in range(1, 7):  # up to the window (6): both see the same context
+        obs = observation(c, last_quality=(c * 2) % 6, tput=[300.0 * c, 900.0])
+        assert kv.select_quality(obs) == full.select_quality(obs)
+
+
+def test_plays_whole_sessions_in_the_simulator(ckpt: Path) -> None:
+    from emulation.abr_sim import simulate_session
+
+    video = synthetic_video()
+    policy = NetLLMPolicy(checkpoint=ckpt)
+    for session in synthetic_sessions(2):
+        result = simulate_session(policy, session.trace, video, start_index=1)
+        assert len(result.qualities) == video.chunk_count
+        assert all(0 <= q < 6 for q in result.qualities)
+
+
+def test_other_ladder_sizes_are_refused(ckpt: Path) -> None:
+    from controller.netllm.abr_features import FeatureError
+
+    policy = NetLLMPolicy(checkpoint=ckpt)
+    obs = AbrObservation(1, 10, 0, 5.0, [1000.0], [1.0], [[100, 200, 300]], [300.0, 750.0, 1200.0])
+    with pytest.raises(FeatureError, match="6 levels"):
+        policy.select_quality(obs)
+
+
+async def test_controller_round_trip(ckpt: Path) -> None:
+    from controller.runner import run_controller
+
+    options = json.dumps({"checkpoint": str(ckpt)})
+    async with run_controller(policy="netllm", policy_options=options) as url:
+        async with aiohttp.ClientSession() as http:
+            answers = []
+            for c in range(0, 12):
+                last = answers[-1] if answers else 1
+                doc = observation(c, last_quality=last, session_id="live-1").to_json()
+                async with http.post(f"{url}/v1/abr/decide", json=doc) as resp:
+                    assert resp.status == 200, await resp.text()
+                    body = await resp.json()
+                assert body["policy"] == "netllm" and 0 <= body["quality"] < 6
+                answers.append(body["quality"])
+            bad = observation(1, session_id="live-2").to_json()
+            bad["ladder_kbps"] = [300.0, 750.0]
+            bad["upcoming_chunk_sizes_bytes"] = [[100, 200]]
+            bad["last_quality"] = 0
+            async with http.post(f"{url}/v1/abr/decide", json=bad) as resp:
+                assert resp.status == 500  # refused with a message, the service keeps running
+                assert "6 levels" in (await resp.json())["error"]
+            async with http.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
+
+
+def test_int8_serving_quantises_the_body_and_stays_close(ckpt: Path) -> None:
+    import torch
+
+    from controller.netllm.abr_features import observation_features
+
+    fp32 = NetLLMPolicy(checkpoint=ckpt)
+    int8 = NetLLMPolicy(checkpoint=ckpt, quantize="int8")
+    assert int8.model is not fp32.model
+    body = list(int8.model.backbone.modules())
+    assert not any(type(m) is torch.nn.Linear for m in body)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in body)
+    features = observation_features(observation(3, last_quality=2, tput=[900.0, 2500.0]))
+    a = fp32._window.decide(1.0, features, 3)
+    b = int8._window.decide(1.0, features, 3)
+    torch.testing.assert_close(a, b, rtol=0.1, atol=0.1)
+    assert 0 <= int8.select_quality(observation(4)) < 6

@@ -1,0 +1,163 @@
+"""Offline training: the loss falls, accumulation/clipping/warm-up semantics, exact resume, `netllm train`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_netllm_support import small_pool, synthetic_sessions, synthetic_video, tiny_model
+from training.pool import WindowSampler
+from training.trainer import LrSchedule, accumulated_step, make_adamw, to_device
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pool")
+    small_pool(traces=3, repeats=2).save(folder)
+    return folder
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_loss_falls_on_a_small_pool() -> None:
+    torch.manual_seed(0)
+    pool = small_pool(traces=3, repeats=2)
+    model, _ = tiny_model(window=8)
+    sampler = WindowSampler(pool, 8, 50.0, seed=0)
+    fixed = to_device(sampler.sample(32), torch.device("cpu"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_adamw(model, 3e-3, 0.0)
+    with torch.no_grad():
+        before = float(model.loss(fixed))
+    for _ in range(40):
+        micro = (to_device(sampler.sample(8), torch.device("cpu")) for _ in range(2))
+        accumulated_step(micro, model.loss, optimizer, params, 3e-3, 1.0)
+    with torch.no_grad():
+        after = float(model.loss(fixed))
+    assert after < before - 0.3, (before, after)
+
+
+def test_clipping_applies_once_to_the_accumulated_gradient() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1, bias=False)
+    start = layer.weight.detach().clone()
+    batches = [torch.randn(8, 4) * 10 for _ in range(3)]
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        return (layer(x) ** 2).mean()
+
+    expected = torch.zeros_like(start)
+    for x in batches:  # the mean of the micro-batch gradients
+        expected += torch.autograd.grad(loss_fn(x), layer.weight)[0] / len(batches)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    _, norm = accumulated_step(batches, loss_fn, optimizer, list(layer.parameters()), lr=1.0, clip_norm=0.5)
+    assert norm == pytest.approx(float(expected.norm()), rel=1e-5)
+    update = start - layer.weight.detach()
+    torch.testing.assert_close(update, expected * (0.5 / expected.norm()), rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_counts_optimizer_steps() -> None:
+    s = LrSchedule(base_lr=1.0, warmup_steps=4, total_steps=20, min_ratio=0.1)
+    assert [s.lr(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s.lr(4) == pytest.approx(1.0)
+    assert s.lr(20) == pytest.approx(0.1) and s.lr(12) < s.lr(8)
+
+
+def _train(pool_dir: Path, out: Path, *extra: str) -> int:
+    from netllm.cli import main
+
+    return main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--device", "cpu",
+                 "--window", "8", "--micro-batch-size", "4", "--grad-accum", "3", "--lr", "3e-3",
+                 "--warmup-steps", "3", "--select-by", "loss", "--valid-fraction", "0.34",
+                 "--conv-channels", "8", *extra])
+
+
+def test_train_command_logs_selects_and_saves(pool_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(pool_dir, out, "--optimizer-steps", "24", "--eval-every", "6") == 0
+    rows = _rows(out / "loss.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 25))
+    # micro-batches and samples count accumulation explicitly; warm-up reaches the peak at optimizer step 3
+    assert int(rows[-1]["micro_batches"]) == 72 and int(rows[-1]["samples"]) == 288
+    assert float(rows[2]["lr"]) == pytest.approx(3e-3, rel=1e-4)
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-6:]) < np.mean(losses[:3]) - 0.15
+    evals = {int(r["step"]): float(r["valid_loss"]) for r in rows if r["valid_loss"]}
+    assert sorted(evals) == [6, 12, 18, 24]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_step"] == min(evals, key=evals.get)  # selection by held-out loss
+    assert summary["optimizer_steps"] == 24 and 0 < summary["trainable_fraction"] < 1
+    assert json.loads((out / "config.json").read_text())["grad_accum"] == 3
+    best = json.loads((out / "best" / "netllm_config.json").read_text())
+    assert best["training"]["optimizer_steps"] == summary["best_step"]
+    assert best["serving"]["max_trained_timestep"] == 23
+    from controller.policies.netllm_policy import NetLLMPolicy
+
+    policy = NetLLMPolicy(checkpoint=out / "best")
+    from emulation.abr_sim import simulate_session
+
+    result = simulate_session(policy, synthetic_sessions(1)[0].trace, synthetic_video())
+    assert all(0 <= q < 6 for q in result.qualities)
+
+
+def test_existing_run_needs_resume(pool_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train(pool_dir, out, "--optimizer-steps", "2", "--eval-every", "2") == 0
+    assert _train(pool_dir, out, "--optimizer-steps", "2", "--eval-every", "2") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_reproduces_an_uninterrupted_run(pool_dir: Path, tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ("--optimizer-steps", "8", "--eval-every", "4", "--lora-dropout", "0.1")
+    assert _train(pool_dir, straight, *common) == 0
+    assert _train(pool_dir, split, *common, "--stop-after-steps", "4") == 0
+    assert len(_rows(split / "loss.csv")) == 4
+    assert json.loads((split / "summary.json").read_text())["stopped_early"] is True
+    assert _train(pool_dir, split, *common, "--resume") == 0
+    a, b = _rows(straight / "loss.csv"), _rows(split / "loss.csv")
+    assert [r["step"] for r in b] == [str(i) for i in range(1, 9)]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for name in ("adapter_model.safetensors", "netllm_modules.safetensors"):
+        ta, tb = load_file(str(straight / "last" / name)), load_file(str(split / "last" / name))
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), (name, key)
+
+
+def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -> None:
+    """--select-by sim scores checkpoints on validation traces and picks the serving target there."""
+    from traces.readers import write_cooked
+
+    valid = tmp_path / "valid"
+    for s in synthetic_sessions(2, seed=50):
+        write_cooked(s.trace, valid / s.trace.name)
+    video = tmp_path / "video"
+    video.mkdir()
+    sizes = synthetic_video().chunk_sizes_bytes
+    for level in range(6):
+        (video / f"video_size_{level}").write_text("\n".join(map(str, sizes[level])) + "\n")
+    out = tmp_path / "run"
+    from netllm.cli import main
+
+    rc = main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--device", "cpu",
+               "--window", "8", "--micro-batch-size", "4", "--grad-accum", "1", "--optimizer-steps", "4",
+               "--eval-every", "2", "--select-by", "sim", "--valid-trace-dir", str(valid),
+               "--video", str(video), "--conv-channels", "8", "--target-quantiles", "0.5,1.0"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["target_scores"]) == {"0.5", "1"}
+    assert np.isfinite(summary["best_score"])
+    serving = json.loads((out / "best" / "netllm_config.json").read_text())["serving"]
+    assert serving["target_quantile"] in (0.5, 1.0)
+    rows = _rows(out / "loss.csv")
+    assert [r["valid_qoe"] != "" for r in rows] == [False, True, False, True]

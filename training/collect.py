@@ -1,0 +1,210 @@
+"""`netllm collect`: build an experience pool by running baseline ABR policies in the chunk-level simulator.
+
+Every (trace, policy, repeat) becomes one episode. For variety, repeat r > 0 starts the trace at a seeded
+random sample index and, with `--noise`, multiplies every download delay by U(0.9, 1.1) from a seeded
+generator; repeat 0 starts at the split's start index (1 unless the split says otherwise). `--epsilon`
+optionally replaces a decision by a random level with that probability (seeded), to show the model actions
+off the baselines' paths; recorded actions are the ones actually taken. The policy `optimal` (the offline
+optimum's plan, see emulation.abr_optimal) runs without noise: its plan is only optimal for the exact trace.
+
+Output: `--out DIR` with pool.npz + pool.json (format in training.pool), config.json and summary.json.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netllm.cli import CommandError
+from netllm.config import arg, save_config, to_jsonable
+
+
+@dataclass
+class Config:
+    out: Path = arg(help="folder to write the pool into")
+    policies: list[str] = arg(["robustmpc", "robustmpc-pm1", "bba", "bola", "rb"],
+                              help="baseline policies to run (registry names, plus 'optimal')")
+    split: str = arg("train", help="trace split (traces.splits: train, valid, ...) to run over; never a test "
+                                   "split for training data (ignored with --trace-dir)")
+    trace_dir: Path | None = arg(None, help="run over every trace file in this folder instead of a split")
+    video: Path | None = arg(None, help="video folder (video.json or video_size_L files); default: the "
+                                        "reference video1 of the shared data")
+    repeats: int = arg(2, help="episodes per (trace, policy): repeat 0 at the split's start, others random")
+    noise: bool = arg(True, help="multiply download delays by U(0.9, 1.1) on repeats > 0 (seeded)")
+    epsilon: float = arg(0.0, help="probability of replacing a decision by a random level (seeded)")
+    max_traces: int = arg(0, help="use only the first N traces (0: all)")
+    seed: int = arg(0, help="base seed of start indices, noise and epsilon draws")
+
+
+@dataclass
+class Session:
+    trace: Any
+    """traces.bandwidth.BandwidthTrace"""
+    start_index: int = 1
+
+
+def default_video_path() -> Path:
+    from netllm.paths import shared_data_dir
+
+    return shared_data_dir() / "abr" / "videos" / "video1_sizes"
+
+
+def load_sim_video(path: Path | None) -> Any:
+    from netllm.video import VideoError, load_video
+
+    path = Path(path) if path else default_video_path()
+    try:
+        return load_video(path)
+    except VideoError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def split_sessions(split: str | None, trace_dir: Path | None, max_traces: int = 0) -> list[Session]:
+    """The sessions (trace + start index) of a split of traces.splits, or of every file in a folder."""
+    from traces.bandwidth import TraceError
+
+    try:
+        if trace_dir is not None:
+            from traces.readers import read_trace_dir
+
+            sessions = [Session(t, 1) for t in read_trace_dir(trace_dir)]
+        else:
+            sessions = _sessions_of_split(split or "train")
+    except (TraceError, OSError) as exc:
+        raise CommandError(str(exc)) from exc
+    return sessions[:max_traces] if max_traces > 0 else sessions
+
+
+def _sessions_of_split(split: str) -> list[Session]:
+    """Every trace of a traces.splits split, started at sample 1 (its files in sorted name order)."""
+    from traces.readers import read_trace
+    from traces.splits import SplitError, split_paths
+
+    try:
+        paths = split_paths(split)
+    except SplitError as exc:
+        raise CommandError(str(exc)) from exc
+    return [Session(read_trace(p), 1) for p in paths]
+
+
+class EpsilonPolicy:
+    """Wraps a policy: with probability epsilon the decision is a random level (both drawn from `rng`)."""
+
+    def __init__(self, inner: Any, epsilon: float, rng: random.Random) -> None:
+        self.inner, self.epsilon, self.rng = inner, epsilon, rng
+        self.name = getattr(inner, "name", type(inner).__name__)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def select_quality(self, obs: Any) -> int:
+        quality = self.inner.select_quality(obs)  # always asked, so stateful policies see every chunk
+        if self.epsilon > 0 and self.rng.random() < self.epsilon:
+            return self.rng.randrange(obs.levels)
+        return quality
+
+    def observe_outcome(self, reward: float) -> None:
+        self.inner.observe_outcome(reward)
+
+
+def run_episode(policy: Any, session: Session, video: Any, sim_config: Any, seed: int) -> dict[str, Any]:
+    """Simulate one session, recording each decision's observation row, action and chunk QoE."""
+    from controller.netllm.abr_features import observation_features
+    from emulation.abr_sim import simulate_session
+
+    rows: list[np.ndarray] = []
+    actions: list[int] = []
+    chunks: list[int] = []
+
+    def record(obs: Any, quality: int) -> None:
+        rows.append(observation_features(obs))
+        actions.append(int(quality))
+        chunks.append(obs.chunk_index)
+
+    result = simulate_session(policy, session.trace, video, start_index=session.start_index,
+                              config=sim_config, seed=seed, on_decision=record)
+    rewards = [result.qoe[c] for c in chunks]
+    taken = [result.qualities[c] for c in chunks]
+    return {"observations": np.stack(rows) if rows else np.zeros((0, 0), np.float32),
+            "actions": np.asarray(taken, dtype=np.int64), "rewards": np.asarray(rewards, dtype=np.float32),
+            "mean_qoe": result.mean_qoe}
+
+
+def _policy_for(name: str, session: Session, video: Any, sim_config: Any) -> Any:
+    if name == "optimal":
+        from emulation.abr_optimal import PlanPolicy, solve
+
+        return PlanPolicy(solve(session.trace, video, session.start_index, sim_config).plan)
+    from controller.policies import make_policy
+
+    return make_policy(name)
+
+
+def collect_pool(sessions: list[Session], policies: list[str], video: Any, repeats: int = 1,
+                 noise: bool = True, epsilon: float = 0.0, seed: int = 0, progress: bool = False,
+                 meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, list[float]]]:
+    """Run every (session, policy, repeat) in the simulator; the pool and each policy's episode QoE."""
+    from emulation.abr_sim import SimConfig
+    from training.pool import PoolBuilder
+
+    builder = PoolBuilder()
+    per_policy: dict[str, list[float]] = {p: [] for p in policies}
+    jobs = [(s, p, r) for s in sessions for p in policies for r in range(repeats)]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc="collect", unit="episode")
+    for number, (session, name, repeat) in enumerate(jobs):
+        episode_seed = seed * 1_000_003 + number
+        rng = random.Random(episode_seed)
+        start = session.start_index if repeat == 0 else rng.randrange(1, len(session.trace.time_s))
+        sim_config = SimConfig(noise=noise and repeat > 0 and name != "optimal")
+        episode_session = Session(session.trace, start)
+        policy = _policy_for(name, episode_session, video, sim_config)
+        if epsilon > 0 and name != "optimal":
+            policy = EpsilonPolicy(policy, epsilon, rng)
+        ep = run_episode(policy, episode_session, video, sim_config, episode_seed)
+        builder.add_episode(ep["observations"], ep["actions"], ep["rewards"], session.trace.name, name, start,
+                            episode_seed)
+        per_policy[name].append(ep["mean_qoe"])
+    full_meta = {"policies": list(policies), "repeats": repeats, "noise": noise, "epsilon": epsilon,
+                 "seed": seed, "traces": len(sessions), "sim_config": to_jsonable(SimConfig())}
+    full_meta.update(meta or {})
+    return builder.build(full_meta), per_policy
+
+
+def run(cfg: Config) -> int:
+    from controller.policies import UnknownPolicyError, policy_class
+    from netllm.chunklog import write_summary
+
+    if cfg.repeats < 1 or not 0 <= cfg.epsilon <= 1:
+        raise CommandError("--repeats must be >= 1 and --epsilon in [0, 1]")
+    for name in cfg.policies:
+        if name != "optimal":
+            try:
+                policy_class(name)
+            except (UnknownPolicyError, ImportError) as exc:
+                raise CommandError(f"policy {name!r}: {exc}") from exc
+    if cfg.trace_dir is None and cfg.split not in ("train", "valid"):
+        raise CommandError(f"split {cfg.split!r}: experience pools are built from the train (or valid) split "
+                           "only; test traces must stay unseen")
+    video = load_sim_video(cfg.video)
+    sessions = split_sessions(cfg.split, cfg.trace_dir, cfg.max_traces)
+    started = time.monotonic()
+    meta = {"split": None if cfg.trace_dir else cfg.split, "trace_dir": str(cfg.trace_dir or ""),
+            "video": str(cfg.video or default_video_path())}
+    pool, per_policy = collect_pool(sessions, cfg.policies, video, cfg.repeats, cfg.noise, cfg.epsilon,
+                                    cfg.seed, progress=True, meta=meta)
+    pool.save(cfg.out)
+    save_config(cfg, cfg.out)
+    summary = {"rows": len(pool), "episodes": pool.episode_count, "traces": len(sessions),
+               "seconds": round(time.monotonic() - started, 2),
+               "mean_qoe_by_policy": {p: float(np.mean(v)) for p, v in per_policy.items() if v}}
+    write_summary(summary, cfg.out)
+    print(f"pool: {len(pool)} decisions in {pool.episode_count} episodes -> {cfg.out}")
+    return 0

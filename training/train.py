@@ -1,0 +1,341 @@
+"""`netllm train`: adapt an LLM to ABR on an experience pool (NetLLM's DD-LRNA, offline return-conditioned).
+
+Loop (terms in training.trainer): each optimizer step averages the cross-entropy of the pool's actions over
+`grad_accum` micro-batches of `micro_batch_size` windows (training.pool.WindowSampler: `window` steps of one
+episode, returns-to-go divided by `return_scale`), clips the accumulated gradient, and steps AdamW with linear
+warm-up then cosine decay, all counted in optimizer steps.
+
+Checkpoint selection never looks at test traces: every `eval_every` optimizer steps the model is scored on
+validation data and the best score is kept in `OUT/best`:
+- `--select-by sim` (default): the mean per-chunk QoE (chunk 0 skipped) of the model as a policy in the
+  simulator over the validation split (`--valid-split`, or `--valid-trace-dir`), asking for the pool's
+  `eval_target_quantile` episode return;
+- `--select-by loss`: the action cross-entropy on pool episodes held out by trace (`--valid-fraction`).
+At the end the best checkpoint's serving target return is chosen the same way among quantiles of the pool's
+per-episode mean QoE (`--target-quantiles`) and written into `OUT/best/netllm_config.json`.
+
+Outputs in `--out`: config.json (resolved), loss.csv (one row per optimizer step; eval columns filled on eval
+steps), best/ (selected checkpoint, stored in `--save-dtype`), last/ (float32 + optimizer state for
+`--resume`), summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netllm.cli import CommandError
+from netllm.config import arg, save_config
+
+LOSS_COLUMNS = ("step", "micro_batches", "samples", "loss", "lr", "grad_norm", "elapsed_s", "valid_loss",
+                "valid_qoe", "best")
+
+
+@dataclass
+class Config:
+    pool: Path = arg(help="experience pool folder written by `netllm collect`")
+    out: Path = arg(Path("runs/netllm-abr"), help="run folder (checkpoints, loss.csv, summary.json)")
+    backbone: str = arg("smollm2", help="smollm2 (embedded), tiny (random, tests), llama2-7b-shape (random), "
+                                        "or a local Hugging Face model folder")
+    device: str = arg("auto", help="auto (CUDA when present), cpu or cuda")
+    dtype: str = arg("auto", help="backbone compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, "
+                                  "fp16")
+    finetune: str = arg("lora", help="lora (LoRA on attention, body frozen), full, or frozen (encoder and "
+                                     "head only)")
+    lora_rank: int = arg(8, help="LoRA rank")
+    lora_alpha: float = arg(16.0, help="LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = arg(0.05, help="dropout on the LoRA input")
+    window: int = arg(20, help="steps of context per training window")
+    return_scale: float = arg(50.0, help="returns-to-go are divided by this in the model's input")
+    conv_channels: int = arg(128, help="channels of the encoder's 1-D convolutions")
+    optimizer_steps: int = arg(2000, help="optimizer steps to run (each = grad_accum micro-batches)")
+    micro_batch_size: int = arg(8, help="windows per micro-batch (one forward/backward)")
+    grad_accum: int = arg(4, help="micro-batches accumulated per optimizer step")
+    lr: float = arg(1e-4, help="peak learning rate")
+    min_lr_ratio: float = arg(0.1, help="final learning rate as a fraction of --lr (cosine decay)")
+    warmup_steps: int = arg(100, help="linear warm-up length, in OPTIMIZER steps")
+    weight_decay: float = arg(1e-4, help="AdamW weight decay on matrices")
+    clip_grad_norm: float = arg(0.25, help="max global gradient norm, applied after accumulation (0: off)")
+    eval_every: int = arg(100, help="evaluate and maybe save `best` every N optimizer steps")
+    select_by: str = arg("sim", help="checkpoint selection: sim (validation traces) or loss (held-out "
+                                     "episodes)")
+    valid_split: str = arg("valid", help="trace split for --select-by sim")
+    valid_trace_dir: Path | None = arg(None, help="validation trace folder instead of --valid-split")
+    valid_max_traces: int = arg(20, help="validation traces used per evaluation (0: all)")
+    valid_fraction: float = arg(0.05, help="share of the pool's traces held out for the validation loss")
+    valid_windows: int = arg(256, help="held-out windows scored per validation loss (evenly spread; 0: all)")
+    video: Path | None = arg(None, help="video for simulator evaluation (default: the pool's)")
+    eval_target_quantile: float = arg(0.9, help="target return of periodic evaluations: this quantile of "
+                                                "the pool's per-episode mean QoE")
+    target_quantiles: list[float] = arg([0.5, 0.75, 0.9, 1.0],
+                                        help="candidate serving targets tried on validation at the end")
+    save_dtype: str = arg("float32", help="storage dtype of best/: float32, bfloat16 or float16")
+    seed: int = arg(0, help="seed of initialisation, window sampling and dropout")
+    threads: int = arg(0, help="torch CPU threads (0: torch's default)")
+    max_minutes: float = arg(0.0, help="stop after this much wall-clock time (evaluations included) and "
+                                         "finish cleanly (0: no limit)")
+    stop_after_steps: int = arg(0, help="stop this invocation after N more optimizer steps, saving last/ for "
+                                        "--resume (0: run to --optimizer-steps)")
+    resume: bool = arg(False, help="continue from OUT/last (model, optimizer, sampler and RNG state)")
+
+
+@dataclass
+class Validation:
+    """What a periodic evaluation looks at."""
+
+    pool: Any = None
+    sessions: list[Any] = field(default_factory=list)
+    video: Any = None
+
+
+def _model_config(cfg: Config, hidden_size: int) -> Any:
+    from controller.netllm.model import NetLLMConfig
+
+    return NetLLMConfig(hidden_size=hidden_size, window=cfg.window, conv_channels=cfg.conv_channels,
+                        return_scale=cfg.return_scale, finetune=cfg.finetune, lora_rank=cfg.lora_rank,
+                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+
+
+def _check(cfg: Config) -> None:
+    if cfg.select_by not in ("sim", "loss"):
+        raise CommandError("--select-by must be sim or loss")
+    if cfg.select_by == "loss" and not 0 < cfg.valid_fraction < 1:
+        raise CommandError("--select-by loss needs --valid-fraction in (0, 1)")
+    if min(cfg.optimizer_steps, cfg.micro_batch_size, cfg.grad_accum, cfg.eval_every, cfg.window) < 1:
+        raise CommandError("--optimizer-steps, --micro-batch-size, --grad-accum, --eval-every and --window "
+                           "must be >= 1")
+    if cfg.select_by == "sim" and cfg.valid_trace_dir is None and cfg.valid_split not in ("valid", "train"):
+        raise CommandError(f"--valid-split {cfg.valid_split!r}: select checkpoints on the valid split, "
+                           "never on test traces")
+    if not all(0 <= q <= 1 for q in [*cfg.target_quantiles, cfg.eval_target_quantile]):
+        raise CommandError("target quantiles must be in [0, 1]")
+
+
+def split_pool(pool: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, held-out) pools; held-out episodes are all those of a random `fraction` of the traces."""
+    traces = np.unique(pool.episode_trace)
+    if fraction <= 0 or len(traces) < 2:
+        return pool, None
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(traces, size=max(1, int(round(fraction * len(traces)))), replace=False).tolist())
+    is_held = np.array([t in held for t in pool.episode_trace])
+    return pool.subset(np.flatnonzero(~is_held)), pool.subset(np.flatnonzero(is_held))
+
+
+def validation_loss(model: Any, pool: Any, cfg: Config, device: Any) -> float:
+    import torch
+
+    from training.pool import WindowSampler, iter_windows
+    from training.trainer import to_device
+
+    sampler = WindowSampler(pool, cfg.window, cfg.return_scale)
+    spans = list(iter_windows(pool.episode_bounds(), cfg.window))
+    if 0 < cfg.valid_windows < len(spans):  # a fixed, evenly spread subset: comparable across evaluations
+        spans = [spans[i] for i in np.linspace(0, len(spans) - 1, cfg.valid_windows).round().astype(int)]
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(spans), cfg.micro_batch_size):
+            batch = to_device(sampler.gather(spans[i:i + cfg.micro_batch_size]), device)
+            n = int(batch["mask"].sum())
+            total += float(model.loss(batch)) * n
+            count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def simulate_mean_qoe(model: Any, sessions: list[Any], video: Any, target_per_chunk: float) -> float:
+    """Mean over sessions of the per-chunk QoE (chunk 0 skipped) of the in-memory model as a policy."""
+    from controller.policies.netllm_policy import NetLLMPolicy
+    from emulation.abr_sim import SimConfig, simulate_session
+
+    model.eval()
+    policy = NetLLMPolicy.from_model(model, target_return=target_per_chunk)
+    scores = [simulate_session(policy, s.trace, video, start_index=s.start_index, config=SimConfig()).mean_qoe
+              for s in sessions]
+    model.train()
+    return float(np.mean(scores))
+
+
+def _target(pool: Any, quantile: float) -> float:
+    return float(np.quantile(pool.episode_mean_rewards(), quantile))
+
+
+def _evaluate(model: Any, cfg: Config, val: Validation, train_pool: Any, device: Any) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    if val.pool is not None:
+        scores["valid_loss"] = validation_loss(model, val.pool, cfg, device)
+    if cfg.select_by == "sim":
+        scores["valid_qoe"] = simulate_mean_qoe(model, val.sessions, val.video,
+                                                _target(train_pool, cfg.eval_target_quantile))
+    scores["score"] = scores["valid_qoe"] if cfg.select_by == "sim" else -scores["valid_loss"]
+    return scores
+
+
+def _validation(cfg: Config, held_out: Any, pool_meta: dict[str, Any]) -> Validation:
+    from training.collect import load_sim_video, split_sessions
+
+    val = Validation(pool=held_out)
+    if cfg.select_by == "sim":
+        video_path = cfg.video or (Path(pool_meta["video"]) if pool_meta.get("video") else None)
+        val.video = load_sim_video(video_path)
+        val.sessions = split_sessions(cfg.valid_split, cfg.valid_trace_dir, cfg.valid_max_traces)
+        if not val.sessions:
+            raise CommandError("no validation traces")
+    return val
+
+
+def _load_pool(cfg: Config) -> Any:
+    from training.pool import PoolError, load_pool
+
+    try:
+        return load_pool(cfg.pool)
+    except PoolError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _build(cfg: Config) -> tuple[Any, Any]:
+    from controller.netllm.backbone import BackboneError, BackboneSpec, load_backbone
+    from controller.netllm.model import build_model
+
+    try:
+        body, info = load_backbone(BackboneSpec.parse(cfg.backbone), cfg.device, cfg.dtype)
+        model = build_model(_model_config(cfg, info.hidden_size), body)
+    except (BackboneError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    model.train()
+    return model, info
+
+
+def _save(model: Any, folder: Path, info: Any, dtype: str, serving: dict[str, Any], step: int) -> None:
+    from controller.netllm.checkpoint import save_checkpoint
+
+    save_checkpoint(model, folder, info.to_json(), storage_dtype=dtype, serving=serving,
+                    training={"optimizer_steps": step})
+
+
+def _serving(pool: Any, target: float) -> dict[str, Any]:
+    from controller.netllm.abr_features import COL
+
+    return {"target_return_per_chunk": target,
+            "max_trained_timestep": int(pool.observations[:, COL["chunk_index"]].max())}
+
+
+def _choose_target(cfg: Config, val: Validation, pool: Any, best_dir: Path) -> dict[str, float]:
+    """Score each candidate target return of the best checkpoint on validation; keep the best in best/."""
+    import json
+
+    from controller.netllm.checkpoint import CONFIG_FILE, load_checkpoint
+
+    model, _ = load_checkpoint(best_dir, device=cfg.device, dtype=cfg.dtype, merge_lora=True)
+    scores = {f"{q:g}": simulate_mean_qoe(model, val.sessions, val.video, _target(pool, q))
+              for q in cfg.target_quantiles}
+    best_q = max(scores, key=lambda k: scores[k])
+    doc = json.loads((best_dir / CONFIG_FILE).read_text())
+    doc["serving"]["target_return_per_chunk"] = _target(pool, float(best_q))
+    doc["serving"]["target_quantile"] = float(best_q)
+    (best_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return scores
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    from controller.netllm.checkpoint import load_weights
+    from training.pool import WindowSampler
+    from training.trainer import (
+        CsvLog,
+        LrSchedule,
+        accumulated_step,
+        load_train_state,
+        make_adamw,
+        save_train_state,
+        seed_everything,
+        to_device,
+    )
+
+    _check(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out, last, best = Path(cfg.out), Path(cfg.out) / "last", Path(cfg.out) / "best"
+    if not cfg.resume and last.exists():
+        raise CommandError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    if cfg.resume and not last.exists():
+        raise CommandError(f"{last}: nothing to resume")
+    seed_everything(cfg.seed)
+    pool = _load_pool(cfg)
+    train_pool, held_out = split_pool(pool, cfg.valid_fraction, cfg.seed)
+    val = _validation(cfg, held_out, pool.meta)
+    model, info = _build(cfg)
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
+    sampler = WindowSampler(train_pool, cfg.window, cfg.return_scale, seed=cfg.seed)
+    schedule = LrSchedule(cfg.lr, cfg.warmup_steps, cfg.optimizer_steps, cfg.min_lr_ratio)
+    counters = {"step": 0, "best_score": -math.inf, "best_step": -1, "train_seconds": 0.0}
+    if cfg.resume:
+        load_weights(model, last)
+        counters.update(load_train_state(last, optimizer, sampler.rng))
+    save_config(cfg, out)
+    serving = _serving(train_pool, _target(train_pool, cfg.eval_target_quantile))
+    log = CsvLog(out / "loss.csv", LOSS_COLUMNS, resume_after_step=counters["step"] if cfg.resume else None)
+    trainable, total = model.trainable_parameters()
+    bar = tqdm(total=cfg.optimizer_steps, initial=counters["step"], desc="train", unit="step")
+    started = time.monotonic() - counters["train_seconds"]
+    stop_at = counters["step"] + cfg.stop_after_steps if cfg.stop_after_steps > 0 else cfg.optimizer_steps
+    time_up = False
+    while counters["step"] < cfg.optimizer_steps:
+        step = counters["step"]
+        micro = (to_device(sampler.sample(cfg.micro_batch_size), device) for _ in range(cfg.grad_accum))
+        loss, grad_norm = accumulated_step(micro, model.loss, optimizer, params, schedule.lr(step),
+                                           cfg.clip_grad_norm)
+        counters["step"] = step = step + 1
+        counters["train_seconds"] = time.monotonic() - started
+        time_up = cfg.max_minutes > 0 and counters["train_seconds"] > cfg.max_minutes * 60
+        stopping = time_up or step >= stop_at
+        row: dict[str, Any] = {"step": step, "micro_batches": step * cfg.grad_accum,
+                               "samples": step * cfg.grad_accum * cfg.micro_batch_size, "loss": loss,
+                               "lr": schedule.lr(step - 1), "grad_norm": grad_norm,
+                               "elapsed_s": counters["train_seconds"]}
+        if step % cfg.eval_every == 0 or step == cfg.optimizer_steps or stopping:
+            scores = _evaluate(model, cfg, val, train_pool, device)
+            row.update({k: v for k, v in scores.items() if k != "score"})
+            if scores["score"] > counters["best_score"]:
+                counters["best_score"], counters["best_step"] = scores["score"], step
+                _save(model, best, info, cfg.save_dtype, serving, step)
+                row["best"] = 1
+            _save(model, last, info, "float32", serving, step)
+            save_train_state(last, optimizer, counters, sampler.rng)
+        log.write(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}")
+        if stopping:
+            break
+    bar.close()
+    log.close()
+    summary: dict[str, Any] = {
+        "optimizer_steps": counters["step"], "best_step": counters["best_step"],
+        "best_score": counters["best_score"], "select_by": cfg.select_by,
+        "train_seconds": round(counters["train_seconds"], 1), "trainable_parameters": trainable,
+        "total_parameters": total, "trainable_fraction": trainable / total, "backbone": info.to_json(),
+        "pool_rows": len(train_pool), "stopped_early": counters["step"] < cfg.optimizer_steps}
+    paused = counters["step"] < cfg.optimizer_steps and not time_up  # --stop-after-steps: to be resumed
+    if cfg.select_by == "sim" and best.exists() and not paused:
+        summary["target_scores"] = _choose_target(cfg, val, train_pool, best)
+    return summary
+
+
+def run(cfg: Config) -> int:
+    from netllm.chunklog import write_summary
+
+    summary = train(cfg)
+    write_summary(summary, cfg.out)
+    best = Path(cfg.out) / "best"
+    print(f"best score {summary['best_score']:.4f} at step {summary['best_step']} -> {best}")
+    return 0
