@@ -21,6 +21,7 @@ the summary of what was played are still written), 2 for bad options.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ from netllm.video import Video, VideoError, load_video_json
 class Config:
     video: Path = arg(default_video_dir(), help="prepared video folder (MPD, segments, video.json)")
     policy: str = arg("robustmpc", help="ABR policy the controller runs for this session")
+    policy_options: str = arg("", help='JSON object of constructor options for --policy in the controller '
+                              'this command starts, e.g. \'{"checkpoint": "runs/abr/best"}\' for netllm '
+                              '(not with --controller-url)')
     controller_url: str = arg("", help="use this running controller (http://HOST:PORT), do not start one")
     out: Path | None = arg(None, help="output folder (default runs/stream-<timestamp>)")
     decision_timeout_ms: float = arg(1000.0, help="deadline of each controller decision; later = fallback")
@@ -65,6 +69,26 @@ def _check_url(url: str) -> None:
         raise CommandError(f"--controller-url must look like http://HOST:PORT, got {url!r}")
 
 
+def _check_policy_options(cfg: Config) -> None:
+    """Refuse bad options here (exit 2) rather than as a controller start-up failure."""
+    if not cfg.policy_options.strip():
+        return
+    if cfg.controller_url:
+        raise CommandError("--policy-options configures the controller this command starts; "
+                           "a running one (--controller-url) keeps its own options")
+    try:
+        options = json.loads(cfg.policy_options)
+    except ValueError as exc:
+        raise CommandError(f"--policy-options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise CommandError("--policy-options must be a JSON object")
+
+
+def controller_extra_args(cfg: Config) -> list[str]:
+    """Further `serve-controller` options for the controller started for this session."""
+    return ["--policy-options", cfg.policy_options] if cfg.policy_options.strip() else []
+
+
 def resolve_config(cfg: Config, video: Video) -> Config:
     """Check the options and fill the defaults that depend on the moment or the video."""
     if cfg.decision_timeout_ms <= 0:
@@ -77,6 +101,7 @@ def resolve_config(cfg: Config, video: Video) -> Config:
         raise CommandError("--session-timeout-s must be >= 0")
     if cfg.controller_url:
         _check_url(cfg.controller_url)
+    _check_policy_options(cfg)
     out = cfg.out or Path("runs") / f"stream-{time.strftime('%Y%m%d-%H%M%S')}"
     timeout = cfg.session_timeout_s or 3 * video.chunk_count * video.chunk_duration_s + 120
     return dataclasses.replace(cfg, out=Path(out), session_id=cfg.session_id or new_session_id(cfg.policy),
@@ -110,7 +135,8 @@ def run_loopback_session(cfg: Config, video: Video) -> tuple[dict[str, Any], int
             if not controller_url:
                 try:
                     controller = launch_controller(cfg.policy, decision_log=out / "decisions.jsonl",
-                                                   stderr_path=out / "controller.log")
+                                                   stderr_path=out / "controller.log",
+                                                   extra_args=controller_extra_args(cfg))
                 except ControllerLaunchError as exc:
                     raise CommandError(f"the controller did not start: {exc}") from None
                 controller_url = controller.url

@@ -160,6 +160,7 @@ def _run(cfg: Any, video: Any, trace: BandwidthTrace, start_s: float, link: Emul
 
 def _controller(cfg: Any, link: EmulatedLink, out: Path, info: dict[str, Any]) -> str:
     """The controller URL the player can reach over the unshaped control veth."""
+    from client.stream import controller_extra_args
     from controller.runner import ControllerLaunchError, launch_controller
 
     if cfg.controller_url:
@@ -178,7 +179,7 @@ def _controller(cfg: Any, link: EmulatedLink, out: Path, info: dict[str, Any]) -
         return cfg.controller_url
     try:
         controller = launch_controller(cfg.policy, host=link.control_ip, decision_log=out / "decisions.jsonl",
-                                       stderr_path=out / "controller.log")
+                                       stderr_path=out / "controller.log", extra_args=controller_extra_args(cfg))
     except ControllerLaunchError as exc:
         raise CommandError(f"the controller did not start: {exc}") from None
     info["controller"] = controller
