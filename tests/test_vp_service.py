@@ -227,16 +227,6 @@ def test_content_type_and_size_limits(server: tuple[str, int]) -> None:
     assert status == 413 and answer["field"] == "body"
 
 
-def test_reserved_but_missing_model_is_503_naming_the_policy(server: tuple[str, int]) -> None:
-    try:
-        vp_policies.vp_policy_class("track")
-    except vp_policies.VpPolicyUnavailableError:
-        status, answer = post(server, body(policy="track"))
-        assert status == 503 and answer["field"] == "policy" and "track" in answer["error"]
-    else:
-        pytest.skip("the track model is installed")
-
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: (st.lists(children, max_size=4)

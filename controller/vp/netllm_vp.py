@@ -1,0 +1,75 @@
+"""`netllm-vp`: the LLM adapted to viewport prediction (`controller.vp.netllm_vp_model`) as a VP policy.
+
+Options (constructor keywords: the controller's `vp_policy_options`, `netllm vp-eval --policy-options`):
+- `checkpoint`: a NetLLM-VP checkpoint folder; default `models/netllm-vp-smollm2` in the repository, or
+  $NETLLM_VP_CHECKPOINT. A folder without `netllm_vp_config.json` is refused with a message saying so.
+- `device`: cpu (default), cuda or auto.
+- `backbone_path`: where a checkpoint trained on a local model folder finds it on this machine.
+- `merge_lora`: fold the adapter into the body's weights for serving (default True; same outputs, faster).
+
+The model predicts its trained horizon (20 steps, 4 s at 5 Hz) in one pass; a shorter horizon is cut, a
+longer one holds the last predicted pose. It needs exactly the trained history length (10 samples).
+Loaded models are shared by every instance in the process (keyed by folder, device, merge); the controller
+runs predictions on its worker thread (`blocking = True`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from controller.vp.policies import VpContext, VpPolicy, check_histories
+from controller.vp.track import fit_horizon, offsets_to_poses, predict_offsets, resolve_checkpoint
+from netllm.paths import REPO_ROOT
+from traces.headmove import HISTORY_LEN, HORIZON_LEN
+
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "netllm-vp-smollm2"
+
+_MODELS: dict[tuple[str, str, str, bool], tuple[Any, dict[str, Any]]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def shared_model(path: Path, device: str, backbone_path: str | None, merge_lora: bool
+                 ) -> tuple[Any, dict[str, Any]]:
+    from controller.vp.netllm_vp_model import load_netllm_vp
+
+    key = (str(path.resolve()), device, backbone_path or "", merge_lora)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_netllm_vp(path, device=device, merge_lora=merge_lora,
+                                          backbone_path=backbone_path)
+        return _MODELS[key]
+
+
+class NetllmVpPolicy(VpPolicy):
+    name: ClassVar[str] = "netllm-vp"
+    blocking: ClassVar[bool] = True
+    history_len: ClassVar[int | None] = HISTORY_LEN
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu",
+                 backbone_path: str | None = None, merge_lora: bool = True) -> None:
+        from controller.vp.netllm_vp_model import CONFIG_FILE
+
+        path = resolve_checkpoint(checkpoint, "NETLLM_VP_CHECKPOINT", DEFAULT_CHECKPOINT, CONFIG_FILE,
+                                  "netllm train-vp --model netllm-vp")
+        self.model, self.meta = shared_model(path, device, backbone_path, bool(merge_lora))
+        self.checkpoint = path
+
+    @classmethod
+    def from_model(cls, model: Any) -> "NetllmVpPolicy":
+        """A policy around an in-memory model (validation during training, tests)."""
+        policy = cls.__new__(cls)
+        policy.model, policy.meta, policy.checkpoint = model, {}, None
+        return policy
+
+    def predict_batch(self, histories_deg: np.ndarray, horizon: int = HORIZON_LEN,
+                      contexts: Sequence[VpContext] | None = None) -> np.ndarray:
+        history = check_histories(histories_deg, self)
+        if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        offsets = predict_offsets(self.model, history, batch_size=64)
+        return offsets_to_poses(history, fit_horizon(offsets, int(horizon)))
