@@ -1,11 +1,18 @@
-"""Does the chunk-level simulator predict the live testbed? Same trace, video and policy in both.
+"""Does the chunk-level simulator predict the live testbed? Same traces, video and policies in both.
 
     sudo .venv/bin/python benchmarks/bench_sim_vs_live.py --out runs/sim-vs-live
+    sudo .venv/bin/python benchmarks/bench_sim_vs_live.py --traces A,B,C --timing both --out OUT
 
-For each policy: one live session (`netllm stream --trace FILE --video DIR --policy P --rtt-ms R`, real
-Chromium + dash.js + Mininet link; about 3.5 minutes for 48 chunks), then `emulation.abr_sim.simulate_session`
-on the same trace file, the same chunk sizes (`netllm.video.load_video` of the same folder) and the same
-policy, deterministic (no delay noise). Simulator knobs matched to the live link:
+For each (trace, policy): one live session (`netllm stream --trace FILE --video DIR --policy P --rtt-ms R`,
+real Chromium + dash.js + Mininet link; about 3.5 minutes for 48 chunks), then
+`emulation.abr_sim.simulate_session` on the same trace file, the same chunk sizes (`netllm.video.load_video`
+of the same folder) and the same policy, deterministic (no delay noise). Simulator knobs matched to the live
+link:
+- live timing (`--timing live`, the default): `emulation.abr_sim.measured_live_timing(video)`: start-up
+  requests (video.json, MPD) and an init segment before chunk 0 and before every switch, the measured gap
+  between a chunk's arrival and the next request, and the RTT consuming trace time. `--timing pensieve`
+  simulates Pensieve's timing instead, `--timing both` judges the live-timing figures and prints Pensieve's
+  next to them;
 - `rtt_s` = the live `--rtt-ms` (netem delay, or the server's first-byte delay when the kernel has no netem);
 - `payload_fraction` = `emulation.fidelity.payload_factor()` (1448/1514 = 0.956: TCP payload per byte the HTB
   shaper meters at MTU 1500 with TCP timestamps) instead of Pensieve's 0.95;
@@ -16,15 +23,18 @@ policy, deterministic (no delay noise). Simulator knobs matched to the live link
 - buffer: the live player (`--buffer-s 60`) requests the next chunk only once buffer + one chunk < 60 s,
   polling every 20 ms; the simulator sleeps while the buffer after an append exceeds its cap, so the
   matching cap is 60 s - chunk duration (56 s) with a 0.02 s drain step (`--sim-buffer-cap-s` overrides).
-Not modelled by the simulator (and so the expected sources of disagreement): TCP slow start after idle
-periods and per-request HTTP headers, browser/dash.js scheduling and decision latency, the live buffer
-being measured by the media element rather than computed.
+Not modelled (expected sources of disagreement): TCP slow start after idle periods and per-request HTTP
+headers, the spread of the browser's scheduling around its mean, the live buffer being measured by the
+media element rather than computed.
 
-Prints a table per policy (live vs sim mean QoE with chunk 0 skipped, relative difference, share of chunks
-with the same quality, total rebuffer, mean bitrate) and writes `summary.json` (flat keys per policy),
-`config.json`, `trace.txt` (when generated) and `compare-<policy>.csv` (per chunk, side by side).
-`--reuse-live` re-analyses existing `live-<policy>` folders without new live sessions. Needs root and Mininet
-unless `--reuse-live`.
+Traces: `--trace FILE` (one trace; sessions in OUT/live-<policy>; default: a stepped trace written to
+OUT/trace.txt), or `--traces` = comma-separated files, or a folder (sorted by name; `--limit N` keeps the
+first N), with sessions in OUT/<trace file name>/live-<policy>. Prints one row per (trace, policy): live vs
+sim mean QoE (chunk 0 skipped), relative difference, share of chunks at the same quality, rebuffering, then
+an aggregate per policy and overall; writes `sessions.csv`, `summary.json` (`sessions` list + `aggregate`),
+`config.json`, and per session `compare-<policy>[-pensieve].csv` (per chunk, side by side) next to its live
+folder. `--reuse-live` re-analyses existing live folders and runs only the missing sessions; `--no-live`
+never starts one. Needs root and Mininet unless `--no-live` (or every session exists and `--reuse-live`).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,7 +55,8 @@ if str(REPO) not in sys.path:
 
 from controller.policies import make_policy  # noqa: E402
 from controller.policies.base import AbrPolicy  # noqa: E402
-from emulation.abr_sim import SessionResult, SimConfig, simulate_session  # noqa: E402
+from emulation.abr_sim import (LiveTiming, SessionResult, SimConfig, measured_live_timing,  # noqa: E402
+                               simulate_session)
 from emulation.fidelity import payload_factor  # noqa: E402
 from netllm.abr_state import AbrObservation  # noqa: E402
 from netllm.chunklog import read_chunk_log, summarize  # noqa: E402
@@ -63,6 +74,7 @@ LIVE_POLL_S = 0.02
 """The live player's buffer target (`netllm stream --buffer-s`) and its buffer polling period."""
 QOE_TARGET_REL = 0.10
 SAME_QUALITY_TARGET = 0.5
+TIMINGS = ("live", "pensieve")
 
 
 class FirstDecisionAdapter(AbrPolicy):
@@ -85,11 +97,15 @@ class FirstDecisionAdapter(AbrPolicy):
 
 @dataclass
 class PolicyComparison:
+    trace: str
     policy: str
+    timing: str
+    """Simulator timing: live (LiveTiming) or pensieve."""
     chunks: int
     live_mean_qoe: float
     sim_mean_qoe: float
     qoe_rel_diff: float
+    """(live - sim) / |sim|."""
     same_quality_frac: float
     live_rebuffer_s: float
     sim_rebuffer_s: float
@@ -100,9 +116,10 @@ class PolicyComparison:
     live_mean_download_s: float
     sim_mean_download_s: float
     live_first_request_trace_s: float
-    """Trace time of the live chunk 0 request (MPD + init segments come first; the simulator's is 0)."""
+    """Trace time of the live chunk 0 request (start-up requests come first)."""
+    sim_first_request_s: float
     live_mean_request_gap_s: float
-    """Mean time from one chunk's last byte to the next request (append, decision, scheduling, cap wait)."""
+    """Mean time from one chunk's last byte to the next request (append, decision, scheduling, init, cap)."""
     sim_mean_request_gap_s: float
 
     @property
@@ -114,30 +131,54 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", type=Path, default=default_video_dir(), help="prepared video folder")
     p.add_argument("--trace", type=Path, default=None,
-                   help=f"trace file (default: a stepped trace {DEFAULT_STEPS} Mbps:s written to OUT)")
+                   help=f"one trace file (default: a stepped trace {DEFAULT_STEPS} Mbps:s written to OUT)")
+    p.add_argument("--traces", default=None,
+                   help="several traces: comma-separated files, or a folder (every file, sorted by name)")
+    p.add_argument("--limit", type=int, default=0, help="with --traces: keep the first N traces (0: all)")
     p.add_argument("--policies", default="bba,robustmpc", help="comma-separated policy names")
+    p.add_argument("--timing", choices=(*TIMINGS, "both"), default="live",
+                   help="simulator timing: live (measured_live_timing), pensieve, or both (targets judged "
+                        "on live)")
     p.add_argument("--rtt-ms", type=float, default=80.0, help="round-trip time of the live link and the sim")
     p.add_argument("--out", type=Path, default=Path("runs/sim-vs-live"), help="output folder")
     p.add_argument("--reuse-live", action="store_true",
-                   help="use existing OUT/live-<policy> sessions instead of running new ones")
+                   help="use existing live-<policy> sessions instead of running new ones")
+    p.add_argument("--no-live", action="store_true",
+                   help="never start a live session: compare the existing ones, skip the missing")
     p.add_argument("--sim-buffer-cap-s", type=float, default=None,
                    help="simulator buffer cap (default: 60 s - chunk duration, the live player's rule)")
     p.add_argument("--live-timeout-s", type=float, default=900.0, help="limit per live session")
-    return p.parse_args(argv)
+    ns = p.parse_args(argv)
+    if ns.trace is not None and ns.traces is not None:
+        p.error("give --trace or --traces, not both")
+    return ns
 
 
-def resolve_trace(args: argparse.Namespace, out: Path) -> Path:
-    if args.trace is not None:
-        return args.trace.resolve()
-    path = out / "trace.txt"
-    if not path.exists():
-        write_cooked(stepped(parse_steps(DEFAULT_STEPS), name="sim-vs-live-stepped"), path)
-    return path.resolve()
+def resolve_traces(args: argparse.Namespace, out: Path) -> list[tuple[Path, Path]]:
+    """(trace file, folder of its live sessions and comparisons) in run order."""
+    if args.traces is None:
+        if args.trace is not None:
+            return [(args.trace.resolve(), out)]
+        path = out / "trace.txt"
+        if not path.exists():
+            write_cooked(stepped(parse_steps(DEFAULT_STEPS), name="sim-vs-live-stepped"), path)
+        return [(path.resolve(), out)]
+    spec = Path(args.traces)
+    if spec.is_dir():
+        files = sorted(f for f in spec.iterdir() if f.is_file() and not f.name.startswith("."))
+    else:
+        files = [Path(x.strip()) for x in args.traces.split(",") if x.strip()]
+    if args.limit > 0:
+        files = files[:args.limit]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing or not files:
+        raise SystemExit(f"--traces: no such trace files: {', '.join(missing) or args.traces}")
+    return [(f.resolve(), out / f.name) for f in files]
 
 
 def run_live(policy: str, trace_path: Path, args: argparse.Namespace, live_dir: Path) -> None:
     """One `netllm stream --trace` session; its chunks.csv is what we compare."""
-    if args.reuse_live and (live_dir / "chunks.csv").exists():
+    if args.no_live or (args.reuse_live and (live_dir / "chunks.csv").exists()):
         return
     argv = [sys.executable, "-m", "netllm", "stream", "--trace", str(trace_path), "--trace-offset-s", "0",
             "--rtt-ms", f"{args.rtt_ms:g}", "--policy", policy, "--video", str(args.video.resolve()),
@@ -150,10 +191,10 @@ def run_live(policy: str, trace_path: Path, args: argparse.Namespace, live_dir: 
               file=sys.stderr)
 
 
-def sim_config(rtt_ms: float, chunks: int, buffer_cap_s: float) -> SimConfig:
+def sim_config(rtt_ms: float, chunks: int, buffer_cap_s: float, live: LiveTiming | None) -> SimConfig:
     return SimConfig(buffer_cap_s=buffer_cap_s, drain_step_s=LIVE_POLL_S, rtt_s=rtt_ms / 1000.0,
                      payload_fraction=payload_factor(), noise=False, default_quality=None,
-                     chunk_count=chunks)
+                     chunk_count=chunks, live=live)
 
 
 def run_sim(policy: str, trace: BandwidthTrace, video: Video, cfg: SimConfig) -> SessionResult:
@@ -170,26 +211,27 @@ def mean_request_gap_s(rows: Sequence[dict[str, Any]]) -> float:
     return _mean([b["request_time_s"] - a["finish_time_s"] for a, b in zip(rows, rows[1:])])
 
 
-def compare(policy: str, live_rows: list[dict[str, Any]], sim: SessionResult,
+def compare(trace: str, timing: str, live_rows: list[dict[str, Any]], sim: SessionResult,
             live_summary: dict[str, Any]) -> PolicyComparison:
     n = min(len(live_rows), len(sim.qualities))
     live_rows = live_rows[:n]
-    live = summarize(live_rows, policy, chunk_duration_s=sim.chunk_duration_s)
-    sim_qoe = sim.qoe[1:n]
-    sim_mean = _mean(sim_qoe)
+    live = summarize(live_rows, sim.policy, chunk_duration_s=sim.chunk_duration_s)
+    sim_mean = _mean(sim.qoe[1:n])
     same = sum(1 for r, q in zip(live_rows, sim.qualities) if r["quality"] == q) / n if n else float("nan")
     rel = (live.mean_qoe - sim_mean) / abs(sim_mean) if sim_mean else float("nan")
     epoch, replay = live_summary.get("page_epoch_s"), live_summary.get("replay_start_wall_s")
     first_req = live_rows[0]["request_time_s"] - (replay - epoch) if epoch and replay else float("nan")
     assert sim.rows is not None
     return PolicyComparison(
-        policy=policy, chunks=n, live_mean_qoe=live.mean_qoe, sim_mean_qoe=sim_mean, qoe_rel_diff=rel,
-        same_quality_frac=same, live_rebuffer_s=live.total_rebuffer_s, sim_rebuffer_s=sum(sim.rebuffers_s[:n]),
+        trace=trace, policy=sim.policy, timing=timing, chunks=n, live_mean_qoe=live.mean_qoe,
+        sim_mean_qoe=sim_mean, qoe_rel_diff=rel, same_quality_frac=same,
+        live_rebuffer_s=live.total_rebuffer_s, sim_rebuffer_s=sum(sim.rebuffers_s[:n]),
         live_mean_bitrate_kbps=live.mean_bitrate_kbps, sim_mean_bitrate_kbps=_mean(sim.bitrates_kbps[:n]),
         live_startup_s=float(live_summary.get("startup_delay_s") or float("nan")),
         sim_startup_s=sim.startup_delay_s,
         live_mean_download_s=_mean([r["download_time_s"] for r in live_rows]),
         sim_mean_download_s=_mean(sim.download_times_s[:n]), live_first_request_trace_s=first_req,
+        sim_first_request_s=sim.rows[0]["request_time_s"],
         live_mean_request_gap_s=mean_request_gap_s(live_rows),
         sim_mean_request_gap_s=mean_request_gap_s(sim.rows[:n]))
 
@@ -197,37 +239,111 @@ def compare(policy: str, live_rows: list[dict[str, Any]], sim: SessionResult,
 def write_side_by_side(live_rows: list[dict[str, Any]], sim: SessionResult, path: Path) -> None:
     """Per chunk: quality, request time, download time, throughput, buffer, stall, live vs sim."""
     assert sim.rows is not None
-    fields = ("quality", "request_time_s", "download_time_s", "throughput_kbps", "buffer_before_s",
-              "buffer_after_s", "rebuffer_s", "qoe")
+    cols = ("quality", "request_time_s", "download_time_s", "throughput_kbps", "buffer_before_s",
+            "buffer_after_s", "rebuffer_s", "qoe")
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["chunk_index"] + [f"{side}_{f}" for f in fields for side in ("live", "sim")])
+        w.writerow(["chunk_index"] + [f"{side}_{f}" for f in cols for side in ("live", "sim")])
         for live, simr in zip(live_rows, sim.rows):
-            w.writerow([live["chunk_index"]] + [_fmt(row[f]) for f in fields for row in (live, simr)])
+            w.writerow([live["chunk_index"]] + [_fmt(row[f]) for f in cols for row in (live, simr)])
 
 
 def _fmt(x: Any) -> Any:
     return f"{x:.4f}" if isinstance(x, float) else x
 
 
-def print_table(c: PolicyComparison) -> None:
-    ok = "MEETS" if c.meets_targets else "MISSES"
-    print(f"\n== {c.policy} ({c.chunks} chunks) — {ok} targets (|QoE diff| <= {QOE_TARGET_REL:.0%}, "
-          f"same quality > {SAME_QUALITY_TARGET:.0%})")
-    print(f"{'':28s}{'live':>10s}{'sim':>10s}")
-    print(f"{'mean QoE (chunk 0 skipped)':28s}{c.live_mean_qoe:10.3f}{c.sim_mean_qoe:10.3f}"
-          f"   rel diff {c.qoe_rel_diff:+.1%}")
-    print(f"{'same quality (share)':28s}{c.same_quality_frac:20.1%}")
-    print(f"{'total rebuffer (s)':28s}{c.live_rebuffer_s:10.2f}{c.sim_rebuffer_s:10.2f}")
-    print(f"{'mean bitrate (kbps)':28s}{c.live_mean_bitrate_kbps:10.0f}{c.sim_mean_bitrate_kbps:10.0f}")
-    print(f"{'startup delay (s)':28s}{c.live_startup_s:10.2f}{c.sim_startup_s:10.2f}")
-    print(f"{'mean download time (s)':28s}{c.live_mean_download_s:10.3f}{c.sim_mean_download_s:10.3f}")
-    print(f"{'mean finish->request gap (s)':28s}{c.live_mean_request_gap_s:10.3f}{c.sim_mean_request_gap_s:10.3f}")
-    print(f"{'first request, trace time (s)':28s}{c.live_first_request_trace_s:10.3f}{0.0:10.3f}")
+# ---------------------------------------------------------------------------------------------- report
+
+def _short(name: str, width: int = 34) -> str:
+    return name if len(name) <= width else name[:width - 1] + "~"
+
+
+def print_header(timings: Sequence[str]) -> None:
+    cols = f"{'trace':34s} {'policy':10s} {'live':>7s}"
+    for t in timings:
+        cols += f" | {t + ' sim':>13s} {'rel':>7s} {'same':>5s} {'rebuf':>6s}"
+    print(cols + f" | {'live rebuf':>10s}  targets")
+
+
+def print_row(by_timing: dict[str, PolicyComparison]) -> None:
+    first = next(iter(by_timing.values()))
+    line = f"{_short(first.trace):34s} {first.policy:10s} {first.live_mean_qoe:7.3f}"
+    for c in by_timing.values():
+        line += (f" | {c.sim_mean_qoe:13.3f} {c.qoe_rel_diff:+7.1%} {c.same_quality_frac:5.0%}"
+                 f" {c.sim_rebuffer_s:6.2f}")
+    judged = by_timing.get("live", first)
+    line += f" | {first.live_rebuffer_s:10.2f}  {'MEETS' if judged.meets_targets else 'MISSES'}"
+    print(line)
+
+
+def aggregate(comps: Sequence[PolicyComparison]) -> dict[str, Any]:
+    """Means over sessions; `qoe_rel_diff_of_means` compares the two mean QoEs."""
+    live = _mean([c.live_mean_qoe for c in comps])
+    sim = _mean([c.sim_mean_qoe for c in comps])
+    return {
+        "sessions": len(comps), "live_mean_qoe": live, "sim_mean_qoe": sim,
+        "qoe_rel_diff_of_means": (live - sim) / abs(sim) if sim else float("nan"),
+        "mean_abs_qoe_rel_diff": _mean([abs(c.qoe_rel_diff) for c in comps]),
+        "max_abs_qoe_rel_diff": max((abs(c.qoe_rel_diff) for c in comps), default=float("nan")),
+        "mean_same_quality_frac": _mean([c.same_quality_frac for c in comps]),
+        "sessions_meeting_targets": sum(1 for c in comps if c.meets_targets),
+    }
+
+
+def print_aggregates(aggs: dict[str, dict[str, dict[str, Any]]]) -> None:
+    print(f"\n{'aggregate':22s} {'timing':9s} {'n':>3s} {'live':>7s} {'sim':>7s} {'rel(means)':>10s} "
+          f"{'mean|rel|':>9s} {'max|rel|':>8s} {'same':>5s}  meeting targets")
+    for group, by_timing in aggs.items():
+        for timing, a in by_timing.items():
+            print(f"{group:22s} {timing:9s} {a['sessions']:3d} {a['live_mean_qoe']:7.3f} "
+                  f"{a['sim_mean_qoe']:7.3f} "
+                  f"{a['qoe_rel_diff_of_means']:+10.1%} {a['mean_abs_qoe_rel_diff']:9.1%} "
+                  f"{a['max_abs_qoe_rel_diff']:8.1%} {a['mean_same_quality_frac']:5.0%}  "
+                  f"{a['sessions_meeting_targets']}/{a['sessions']}")
 
 
 def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
     return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def write_sessions_csv(comps: Sequence[PolicyComparison], path: Path) -> None:
+    names = [f.name for f in fields(PolicyComparison)]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names + ["meets_targets"])
+        for c in comps:
+            w.writerow([_fmt(getattr(c, n)) for n in names] + [c.meets_targets])
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def compare_trace(trace_path: Path, folder: Path, policies: Sequence[str], configs: dict[str, SimConfig],
+                  args: argparse.Namespace) -> list[dict[str, PolicyComparison]]:
+    """Live session (unless reused) + simulations of one trace; one {timing: comparison} per policy."""
+    trace = read_trace(trace_path)
+    video = load_video(args.video)
+    results = []
+    for policy in policies:
+        live_dir = folder / f"live-{policy}"
+        run_live(policy, trace_path, args, live_dir)
+        if not (live_dir / "chunks.csv").exists():
+            print(f"{trace_path.name} {policy}: no live session", file=sys.stderr)
+            continue
+        rows = sorted(read_chunk_log(live_dir / "chunks.csv"), key=lambda r: r["chunk_index"])
+        if not rows:
+            print(f"{trace_path.name} {policy}: the live session logged no chunk", file=sys.stderr)
+            continue
+        live_summary = json.loads((live_dir / "summary.json").read_text())
+        by_timing = {}
+        for timing, cfg in configs.items():
+            sim = run_sim(policy, trace, video, cfg)
+            suffix = "" if timing == "live" else f"-{timing}"
+            write_side_by_side(rows, sim, folder / f"compare-{policy}{suffix}.csv")
+            by_timing[timing] = compare(trace_path.name, timing, rows, sim, live_summary)
+        results.append(by_timing)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,39 +351,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     video = load_video(args.video)
-    trace_path = resolve_trace(args, out)
-    trace = read_trace(trace_path)
+    traces = resolve_traces(args, out)
     cap_s = args.sim_buffer_cap_s if args.sim_buffer_cap_s is not None else \
         LIVE_BUFFER_S - video.chunk_duration_s
-    cfg = sim_config(args.rtt_ms, video.chunk_count, cap_s)
+    timings = TIMINGS if args.timing == "both" else (args.timing,)
+    live_timing = measured_live_timing(args.video, video.levels)
+    configs = {t: sim_config(args.rtt_ms, video.chunk_count, cap_s, live_timing if t == "live" else None)
+               for t in timings}
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    config = {"video": str(args.video.resolve()), "trace": str(trace_path), "policies": policies,
+    config = {"video": str(args.video.resolve()), "traces": [str(t) for t, _ in traces], "policies": policies,
               "rtt_ms": args.rtt_ms, "trace_offset_s": 0.0, "live_default_quality": LIVE_DEFAULT_QUALITY,
-              "sim_config": asdict(cfg), "reuse_live": args.reuse_live}
+              "sim_configs": {t: asdict(c) for t, c in configs.items()}, "reuse_live": args.reuse_live}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    summary: dict[str, Any] = {"trace": str(trace_path), "video": str(args.video), "rtt_ms": args.rtt_ms,
-                               "sim_payload_fraction": cfg.payload_fraction}
-    for policy in policies:
-        live_dir = out / f"live-{policy}"
-        run_live(policy, trace_path, args, live_dir)
-        rows = sorted(read_chunk_log(live_dir / "chunks.csv"), key=lambda r: r["chunk_index"])
-        if not rows:
-            print(f"{policy}: the live session logged no chunk", file=sys.stderr)
-            continue
-        live_summary = json.loads((live_dir / "summary.json").read_text())
-        sim = run_sim(policy, trace, video, cfg)
-        write_side_by_side(rows, sim, out / f"compare-{policy}.csv")
-        c = compare(policy, rows, sim, live_summary)
-        print_table(c)
-        for key, value in asdict(c).items():
-            if key != "policy":
-                summary[f"{policy}_{key}"] = _clean(value)
-        summary[f"{policy}_meets_targets"] = c.meets_targets
-        summary[f"{policy}_live_rtt_method"] = live_summary.get("rtt_method")
-        summary[f"{policy}_live_link_fidelity_median_abs_rel_error"] = live_summary.get(
-            "link_fidelity_median_abs_rel_error")
+    print_header(timings)
+    rows: list[dict[str, PolicyComparison]] = []
+    for trace_path, folder in traces:
+        folder.mkdir(parents=True, exist_ok=True)
+        for by_timing in compare_trace(trace_path, folder, policies, configs, args):
+            print_row(by_timing)
+            rows.append(by_timing)
+    comps = [c for r in rows for c in r.values()]
+    groups = {p: [r for r in rows if next(iter(r.values())).policy == p] for p in policies}
+    groups["all"] = rows
+    aggs = {g: {t: aggregate([r[t] for r in rs]) for t in timings} for g, rs in groups.items() if rs}
+    print_aggregates(aggs)
+    write_sessions_csv(comps, out / "sessions.csv")
+    summary = {"video": str(args.video), "rtt_ms": args.rtt_ms, "sim_payload_fraction": payload_factor(),
+               "live_timing": asdict(live_timing), "targets": {"abs_qoe_rel_diff_max": QOE_TARGET_REL,
+                                                              "same_quality_frac_min": SAME_QUALITY_TARGET},
+               "sessions": [{**_clean(asdict(c)), "meets_targets": c.meets_targets} for c in comps],
+               "aggregate": _clean(aggs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(f"\nwrote {out / 'summary.json'}")
+    print(f"\nwrote {out / 'summary.json'} and {out / 'sessions.csv'}")
     return 0
 
 

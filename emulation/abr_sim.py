@@ -24,16 +24,27 @@ Internally the buffer and delays are kept in milliseconds with Pensieve's operat
 Pensieve-style simulator to float rounding (rates are kbps * 125 here, Mbps * 1e6 / 8 there); everything
 exposed is in seconds and kbps.
 
+Live timing (`SimConfig.live`, a `LiveTiming`; None by default, which keeps everything above exactly as it
+is) adds what the live testbed does around each request and Pensieve leaves out: the player's start-up
+requests (video.json, MPD) before chunk 0, a gap between a chunk's last byte and the next request, dash.js
+fetching the new representation's init segment before every quality switch, and the RTT letting trace time
+pass (the live RTT is a first-byte delay while the link keeps replaying the trace). Time before a request
+drains the buffer like the download does (stall if it runs dry) and counts in the startup delay for chunk 0;
+the logged download time stays request -> last byte. `measured_live_timing()` gives the values measured on
+the live testbed.
+
 The hot loop uses plain Python floats and lists (numpy scalars are ~10x slower) and one reused observation;
 `simulate_session(..., log_rows=False)` skips building per-chunk log rows.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from controller.policies.base import AbrPolicy
@@ -45,6 +56,99 @@ from traces.bandwidth import BandwidthTrace, TraceError
 
 KBPS_TO_BYTES_PER_S = 125.0
 """1 kbps = 1000 bit/s = 125 byte/s."""
+
+
+@dataclass(frozen=True)
+class LiveTiming:
+    """What the live testbed does around each chunk request that Pensieve's simulator leaves out.
+
+    The defaults model nothing (all zero); `measured_live_timing()` gives the live testbed's values.
+    Wall time spent before a request drains the buffer; the trace position moves with it except for RTTs
+    when `rtt_consumes_trace` is False (Pensieve's rule).
+    """
+
+    startup_bytes: int = 0
+    """Bytes fetched over the link before chunk 0 is requested (the player's video.json and the MPD)."""
+    startup_requests: int = 0
+    """HTTP requests in that start-up; each waits one RTT (`SimConfig.rtt_s`) for its first byte."""
+    startup_idle_s: float = 0.0
+    """Seconds of start-up spent neither transferring nor waiting on an RTT (page script, dash.js set-up);
+    trace time passes."""
+    request_gap_s: float = 0.0
+    """Seconds from a chunk's last byte (or the end of a buffer-cap sleep) to the next chunk's request:
+    append, decision round trip, dash.js scheduling. Trace time passes, the buffer drains."""
+    init_bytes: tuple[int, ...] = ()
+    """Init segment bytes per quality level. Chunk 0, and every chunk whose quality differs from the
+    previous chunk's, is preceded by one request for its level's init segment (one RTT + these bytes), as
+    dash.js 5 does on every representation switch. (): no init requests."""
+    request_overhead_s: float = 0.0
+    """First-byte latency of every request beyond `SimConfig.rtt_s` (server, HTTP, loopback hops); it counts
+    like the RTT (in the download time, and in trace time when `rtt_consumes_trace`)."""
+    rtt_consumes_trace: bool = False
+    """True: every request's RTT lets trace time pass before its first byte arrives (the live RTT is a
+    first-byte delay while the link keeps replaying the trace). False: Pensieve's rule, the RTT lengthens
+    the delay without moving the trace position."""
+
+    def __post_init__(self) -> None:
+        if self.startup_bytes < 0 or self.startup_requests < 0 or any(b < 0 for b in self.init_bytes):
+            raise ValueError("startup_bytes, startup_requests and init_bytes must be >= 0")
+        if not (self.startup_idle_s >= 0 and self.request_gap_s >= 0 and self.request_overhead_s >= 0):
+            raise ValueError("startup_idle_s, request_gap_s and request_overhead_s must be >= 0 seconds")
+
+
+# Live-testbed measurements behind `measured_live_timing()`. Sources: the four recorded 48-chunk live sessions
+# runs/sim-vs-live/live-{bba,robustmpc} (stepped 3/1.2/4.5/0.8 Mbps trace) and
+# runs/sim-vs-live-fcc026/live-{bba,robustmpc} (fcc-test 026), `netllm stream --rtt-ms 80`, rtt_method
+# server-first-byte-delay, default prepared video; chunks.csv (page times), requests.csv (server log) and
+# summary.json (replay_start_wall_s, page_epoch_s) of each.
+LIVE_REQUEST_GAP_S = 0.029
+"""Pooled mean of chunk i's last byte -> chunk i+1's request over the 108 gaps without a quality switch
+(per session means 0.033, 0.029, 0.020, 0.032 s; medians 0.019-0.030 s). Gaps before a switch are
+0.112-0.125 s on average: these plus one init request (0.080 s RTT + first-byte overhead + ~840 B)."""
+LIVE_REQUEST_OVERHEAD_S = 0.0048
+"""Mean request -> first byte over the 192 chunks is 0.0848 s (per session 0.0861, 0.0848, 0.0838, 0.0846 s)
+with an 80 ms first-byte delay configured: 4.8 ms on top of the RTT."""
+LIVE_STARTUP_REQUESTS = 2
+"""video.json (the player's ladder) then manifest.mpd, each a request over the shaped link (requests.csv);
+the chunk-0 init segment is modelled by `init_bytes`."""
+LIVE_STARTUP_IDLE_S = 0.20
+"""Chunk 0's request comes 0.466, 0.484, 0.475, 0.458 s (mean 0.471 s) of trace time after the replay start;
+minus 3 first-byte waits (video.json, MPD, init: 3 x 0.0848 s) and 6.2 kB at the traces' 2.3-3 Mbps
+(0.017-0.023 s) leaves 0.20 s of page script and dash.js set-up."""
+LIVE_FALLBACK_STARTUP_BYTES = 4046 + 1283
+"""video.json + manifest.mpd of the default prepared video (.cache/videos/default, `netllm prepare-video`
+defaults), for videos without those files (Pensieve-style video_size_L folders)."""
+LIVE_FALLBACK_INIT_BYTES = 838
+"""Init segment size of that video (837-842 B per level), likewise."""
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def measured_live_timing(video_dir: Path | None = None, levels: int = 6) -> LiveTiming:
+    """The live testbed's timing: start-up and init-segment bytes from the prepared video in `video_dir`
+    (video.json, its MPD and init segments, as the live server sends them), the rest measured (see the
+    LIVE_* constants). Without those files (None, or a Pensieve-style folder) the default video's sizes
+    are used for `levels` levels. The RTT itself is `SimConfig.rtt_s`."""
+    startup_bytes, init = LIVE_FALLBACK_STARTUP_BYTES, (LIVE_FALLBACK_INIT_BYTES,) * levels
+    doc_path = Path(video_dir) / "video.json" if video_dir is not None else None
+    if doc_path is not None and doc_path.is_file():
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{doc_path}: not readable JSON ({exc})") from None
+        mpd = _file_size(doc_path.parent / str(doc.get("mpd", "manifest.mpd")))
+        inits = [_file_size(doc_path.parent / str(name)) for name in doc.get("init_segments", [])]
+        if mpd is not None and inits and None not in inits:
+            startup_bytes = doc_path.stat().st_size + mpd
+            init = tuple(int(b) for b in inits if b is not None)
+    return LiveTiming(startup_bytes=startup_bytes, startup_requests=LIVE_STARTUP_REQUESTS,
+                      startup_idle_s=LIVE_STARTUP_IDLE_S, request_gap_s=LIVE_REQUEST_GAP_S, init_bytes=init,
+                      request_overhead_s=LIVE_REQUEST_OVERHEAD_S, rtt_consumes_trace=True)
 
 
 @dataclass(frozen=True)
@@ -71,6 +175,8 @@ class SimConfig:
     """Rows of upcoming chunk sizes in the observation (MPC's look-ahead)."""
     chunk_count: int | None = None
     """Play only the first N chunks of the video (None: all)."""
+    live: LiveTiming | None = None
+    """Live-testbed request timing (see LiveTiming); None: Pensieve's dynamics exactly."""
 
     def __post_init__(self) -> None:
         if not (self.buffer_cap_s > 0 and self.drain_step_s > 0 and self.rtt_s >= 0):
@@ -132,6 +238,9 @@ def prepare(trace: BandwidthTrace | PreparedTrace, video: Video | PreparedVideo,
                                                                       config.chunk_count)
     if config.default_quality is not None and not 0 <= config.default_quality < pv.levels:
         raise ValueError(f"default quality {config.default_quality} outside 0..{pv.levels - 1}")
+    if config.live is not None and config.live.init_bytes and len(config.live.init_bytes) != pv.levels:
+        raise ValueError(f"live timing has init_bytes for {len(config.live.init_bytes)} levels, the video "
+                         f"{pv.name} has {pv.levels}")
     return pt, pv
 
 
@@ -201,7 +310,7 @@ class ChunkPlayer:
     """
 
     __slots__ = ("video", "cfg", "cursor", "rng", "chunk_index", "buffer_ms", "clock_s", "rtt_ms", "cap_ms",
-                 "drain_ms", "chunk_ms")
+                 "drain_ms", "chunk_ms", "live", "last_quality", "request_s")
 
     def __init__(self, trace: PreparedTrace, video: PreparedVideo, config: SimConfig, start_index: int = 1,
                  rng: random.Random | None = None) -> None:
@@ -213,24 +322,67 @@ class ChunkPlayer:
         self.buffer_ms = 0.0
         self.clock_s = 0.0
         self.rtt_ms = config.rtt_s * 1000.0
+        if config.live is not None:  # every request's first byte: the RTT plus the live overhead
+            self.rtt_ms += config.live.request_overhead_s * 1000.0
         self.cap_ms = config.buffer_cap_s * 1000.0
         self.drain_ms = config.drain_step_s * 1000.0
         self.chunk_ms = video.chunk_duration_s * 1000.0
+        self.live = config.live
+        self.last_quality = -1
+        self.request_s = 0.0
+        """Simulated time of the last chunk request (after any live-timing wait before it)."""
 
     @property
     def done(self) -> bool:
         return self.chunk_index >= self.video.chunk_count
 
+    def _before_request(self, quality: int) -> float:
+        """Live timing: milliseconds from the decision to the chunk's request; moves the trace position."""
+        live, cursor, rtt_ms = self.live, self.cursor, self.rtt_ms
+        trace_rtt_ms = rtt_ms if live.rtt_consumes_trace else 0.0
+        if self.chunk_index == 0:
+            idle_ms = live.startup_idle_s * 1000.0
+            wait_ms = idle_ms + live.startup_requests * rtt_ms
+            trace_idle_ms = idle_ms + live.startup_requests * trace_rtt_ms
+            fetch_bytes = live.startup_bytes
+        else:
+            wait_ms = trace_idle_ms = live.request_gap_s * 1000.0
+            fetch_bytes = 0
+        if live.init_bytes and quality != self.last_quality:
+            wait_ms += rtt_ms
+            trace_idle_ms += trace_rtt_ms
+            fetch_bytes += live.init_bytes[quality]
+        # Waits first, then the bytes: the start-up's few kB take milliseconds, so their order is immaterial.
+        if trace_idle_ms > 0.0:
+            cursor.idle(trace_idle_ms)
+        if fetch_bytes > 0:
+            wait_ms += cursor.download(fetch_bytes) * 1000.0
+        return wait_ms
+
     def fetch(self, quality: int) -> tuple[int, float, float, float, float, float]:
         """Download chunk `chunk_index` at `quality`. Returns (bytes, delay_s, stall_s, buffer_before_s,
         buffer_after_s, sleep_s); buffer_after_s is right after the chunk was appended, before any sleep."""
         size = self.video.sizes_by_chunk[self.chunk_index][quality]
-        delay_ms = self.cursor.download(size) * 1000.0 + self.rtt_ms
+        if self.live is None:
+            self.request_s = self.clock_s
+            delay_ms = self.cursor.download(size) * 1000.0 + self.rtt_ms
+            wait_ms = 0.0
+        else:
+            wait_ms = self._before_request(quality)
+            self.request_s = self.clock_s + wait_ms / 1000.0
+            if self.live.rtt_consumes_trace and self.rtt_ms > 0.0:
+                self.cursor.idle(self.rtt_ms)
+            delay_ms = self.cursor.download(size) * 1000.0 + self.rtt_ms
         if self.cfg.noise:
             delay_ms *= self.rng.uniform(self.cfg.noise_low, self.cfg.noise_high)
         before_ms = self.buffer_ms
-        stall_ms = delay_ms - before_ms if delay_ms > before_ms else 0.0
-        buffer_ms = (before_ms - delay_ms if before_ms > delay_ms else 0.0) + self.chunk_ms
+        if wait_ms > 0.0:  # live timing: the wait before the request drains the buffer too
+            total_ms = wait_ms + delay_ms
+            stall_ms = total_ms - before_ms if total_ms > before_ms else 0.0
+            buffer_ms = (before_ms - total_ms if before_ms > total_ms else 0.0) + self.chunk_ms
+        else:
+            stall_ms = delay_ms - before_ms if delay_ms > before_ms else 0.0
+            buffer_ms = (before_ms - delay_ms if before_ms > delay_ms else 0.0) + self.chunk_ms
         after_ms = buffer_ms
         sleep_ms = 0.0
         if buffer_ms > self.cap_ms:
@@ -239,7 +391,8 @@ class ChunkPlayer:
             self.cursor.idle(sleep_ms)
         self.buffer_ms = buffer_ms
         self.chunk_index += 1
-        self.clock_s += (delay_ms + sleep_ms) / 1000.0
+        self.last_quality = quality
+        self.clock_s += (wait_ms + delay_ms + sleep_ms) / 1000.0
         return (size, delay_ms / 1000.0, stall_ms / 1000.0, before_ms / 1000.0, after_ms / 1000.0,
                 sleep_ms / 1000.0)
 
@@ -315,6 +468,7 @@ def simulate_session(policy: AbrPolicy, trace: BandwidthTrace | PreparedTrace, v
     obs = new_observation(pv, sid, first if first is not None else 0)
     tput_hist, time_hist = obs.throughput_kbps_history, obs.download_time_s_history
     hist_len = config.history_len
+    row_rtt_s = config.rtt_s if config.live is None else player.rtt_ms / 1000.0
     upcoming = pv.upcoming_rows
     feedback = _wants_outcome(policy)
     policy.reset()
@@ -348,8 +502,8 @@ def simulate_session(policy: AbrPolicy, trace: BandwidthTrace | PreparedTrace, v
         quality = int(quality)
         if not 0 <= quality < pv.levels:
             raise ValueError(f"policy {name} chose quality {quality} outside 0..{pv.levels - 1}")
-        request_s = player.clock_s
         size, delay_s, stall_s, before_s, after_s, sleep_s = player.fetch(quality)
+        request_s = player.request_s
         if index == 0:
             startup, stall_s = stall_s, 0.0
         kbps = ladder[quality]
@@ -368,7 +522,7 @@ def simulate_session(policy: AbrPolicy, trace: BandwidthTrace | PreparedTrace, v
         buffers.append(buffer_s)
         qoes.append(qoe)
         if rows is not None:
-            rows.append(_row(sid, name, pt.name, index, quality, kbps, size, request_s, delay_s, config.rtt_s,
+            rows.append(_row(sid, name, pt.name, index, quality, kbps, size, request_s, delay_s, row_rtt_s,
                              tput, before_s, after_s, stall_s, latency_ms, qoe))
         if feedback:
             policy.observe_outcome(qoe)

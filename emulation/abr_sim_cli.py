@@ -1,9 +1,12 @@
 """`netllm sim`: evaluate ABR policies over a trace set in the chunk-level simulator.
 
-Every (policy, trace) session runs in a pool of worker processes; results go to `--out`:
+Every (policy, trace) session runs in a pool of worker processes, or, with `--ray ADDRESS`, in Ray tasks of
+a few traces each (`local`: a private instance of `--workers` CPUs; otherwise a running cluster, see
+`netllm.raycluster`), with the same results; results go to `--out`:
 
 - `summary.json`: per policy, under its name, flat keys (see `SUMMARY_KEYS`), plus run-wide keys
-  (`policies`, `traces`, `video`, `chunks_per_session`, `default_quality`, `noise`, `seed`);
+  (`policies`, `traces`, `video`, `chunks_per_session`, `default_quality`, `noise`, `seed`, `live_timing`:
+  the `emulation.abr_sim.LiveTiming` fields with `--live-timing`, else null);
 - `sessions.csv`: one row per session (policy, trace, start_index, mean_qoe, bitrate, rebuffering, ...);
 - `chunks.parquet`: every chunk of every session, columns `netllm.chunklog.COLUMNS`, simulated times
   (unless `--no-chunk-log`);
@@ -26,6 +29,7 @@ policies, every other policy also gets `qoe_fraction_of_optimal` = its mean QoE 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -64,10 +68,15 @@ class Config:
     start_index: int = arg(1, help="start sample index for traces without --start-offsets")
     noise: bool = arg(False, help="multiply download delays by U(0.9, 1.1) (seeded, same draws per trace)")
     seed: int = arg(0, help="seed of the delay noise")
+    live_timing: bool = arg(False, help="model the live testbed's request timing (start-up requests, "
+                            "request gap, init segment per switch, RTT consuming trace time; "
+                            "emulation.abr_sim.measured_live_timing); off: Pensieve's dynamics")
     default_quality: int = arg(1, help="quality of chunk 0 (not asked of the policy); -1: the policy decides")
     chunks: int = arg(0, help="play only the first N chunks of the video (0: all)")
     workers: int = arg(0, help="worker processes (0: one per CPU core)")
     chunk_log: bool = arg(True, help="write every chunk to chunks.parquet")
+    ray: str = arg("", help="run trace shards as Ray tasks: `local` (a private instance, --workers CPUs) or "
+                   "a running cluster's address (netllm.raycluster); empty: a local process pool")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -178,6 +187,11 @@ def _run_all(cfg: Config, paths: list[Path], starts: list[int], sim_config: Any)
     units.sort(key=lambda u: {"optimal": 0, "robustmpc": 1, "fastmpc": 1}.get(u[0], 2))
     workers = cfg.workers or os.cpu_count() or 1
     args = ([str(p) for p in paths], str(cfg.video), sim_config)
+    if cfg.ray:  # a shard = every policy's session on a few traces (results are sorted when written)
+        from netllm.evaluation import map_units_ray
+
+        return map_units_ray(_run_unit, units, _init_worker, args, cfg.ray, workers, "trace shards",
+                             shard_key=lambda u: u[1])
     return map_units(_run_unit, units, _init_worker, args, workers, "sessions", "session")
 
 
@@ -266,7 +280,7 @@ def _starts(cfg: Config, paths: list[Path], samples: list[int]) -> list[int]:
 
 
 def run(cfg: Config) -> int:
-    from emulation.abr_sim import PreparedTrace, SimConfig
+    from emulation.abr_sim import PreparedTrace, SimConfig, measured_live_timing
     from netllm.video import VideoError, load_video
     from traces.bandwidth import TraceError
     from traces.readers import read_trace
@@ -274,6 +288,9 @@ def run(cfg: Config) -> int:
     _check_policies(cfg.policies)
     if "optimal" in cfg.policies and cfg.noise:
         raise CommandError("policy optimal needs deterministic downloads: drop --noise or drop optimal")
+    if "optimal" in cfg.policies and cfg.live_timing:
+        raise CommandError("policy optimal solves Pensieve's dynamics only: "
+                           "drop --live-timing or drop optimal")
     paths = trace_paths(cfg.traces)
     try:
         video = load_video(cfg.video)
@@ -284,7 +301,8 @@ def run(cfg: Config) -> int:
         raise CommandError(f"--default-quality must be -1 or in 0..{video.levels - 1}")
     starts = _starts(cfg, paths, samples)
     first = None if cfg.default_quality < 0 else cfg.default_quality
-    sim_config = SimConfig(noise=cfg.noise, default_quality=first,
+    live = measured_live_timing(cfg.video, video.levels) if cfg.live_timing else None
+    sim_config = SimConfig(noise=cfg.noise, default_quality=first, live=live,
                            chunk_count=cfg.chunks or None)
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out)
@@ -293,6 +311,7 @@ def run(cfg: Config) -> int:
     chunks = min(video.chunk_count, cfg.chunks or video.chunk_count)
     run_info = {"policies": cfg.policies, "traces": len(paths), "video": str(cfg.video),
                 "chunks_per_session": chunks, "default_quality": cfg.default_quality, "noise": cfg.noise,
+                "live_timing": dataclasses.asdict(live) if live is not None else None,
                 "seed": cfg.seed}
     _write_outputs(cfg, results, figures, run_info)
     width = max(len(n) for n in cfg.policies)
