@@ -1,36 +1,57 @@
 """`netllm replay`: stream a trace set with several policies over the emulated link, one live session per
-(trace, policy), one after another.
+(trace, policy): one after another, N at once, or spread over a Ray cluster.
 
     netllm replay --traces DIR --policies bba,robustmpc --video DIR --out runs/replay [--rtt-ms 80]
-                  [--trace-offset-s S | --start-offsets FILE] [--limit N] [--resume]
+                  [--trace-offset-s S | --start-offsets FILE] [--limit N] [--parallel N] [--ray ADDRESS]
+                  [--resume]
 
 Traces are read with `traces.readers.read_trace_dir` (sorted file-name order); for each trace every policy
 runs in turn (so policies see the same link conditions close together in time). `--start-offsets` takes a
 NetLLM-style file (`trace_file start_index` per line, `#` comments; e.g. abr/fcc-test-start-offsets.txt):
 that trace starts at that sample index; traces it does not list start at `--trace-offset-s`.
 
+How sessions run:
+    default (--parallel 1)   one after another, each with its own network, server and controller
+                             (emulation.live_session.emulated_session)
+    --parallel N (N > 1)     N at once over one network with N client hosts, each with its own shaped
+                             downlink and trace replay, sharing ONE DASH server and ONE controller
+                             (emulation.parallel; their logs in <out>/shared/)
+    --ray ADDRESS            one Ray task per session, each with its own network, server and controller on
+                             its node (client.replay_ray); `local` = a private instance on this machine
+                             running --parallel tasks at once
+Whichever way, the merged outputs are the same, rows in run order (trace, then policy).
+
 Outputs in `--out`:
     sessions/<trace>__<policy>/   each session's folder (see emulation.live_session)
-    chunks.parquet                every chunk row of every session (netllm.chunklog.COLUMNS)
-    summary.json                  {"sessions": [one row per session], "policies": {policy: aggregates}, ...}
+    sessions.jsonl                the ledger: one line per finished session (see client.replay_ledger)
+    sessions.csv                  the sessions table: one row per finished session (SESSION_KEYS + folder)
+    chunks.parquet                every chunk row of every finished session (netllm.chunklog.COLUMNS)
+    summary.json                  {"sessions": [one row per session], "policies": {policy: aggregates},
+                                  "complete", "jobs", "interrupted_sessions", "parallel", "ray",
+                                  "wall_s", ...}
                                   aggregates: sessions, failed, and the mean over sessions of mean_qoe (the
                                   NetLLM figure: mean over traces of the per-session mean per-chunk QoE), of
                                   mean_bitrate_kbps, total_rebuffer_s, rebuffer_ratio, startup_delay_s,
                                   switches, fallback_chunks, link_fidelity_median_abs_rel_error
+    interrupted/, interrupted.jsonl   partial folders of interrupted sessions, moved aside by --resume
     config.json
 A failed session is recorded (error, player_exit_code) and the run goes on; Ctrl-C or SIGTERM stops it after
-writing the summary of the sessions done.
+writing the summary of the sessions done. `--resume` on the same --out runs only what is not in the ledger
+(an unfinished session's folder is moved aside and the session redone from scratch); without --resume an
+--out that already holds a replay is refused, so two runs' rows are never mixed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
@@ -56,7 +77,13 @@ class Config:
     rtt_ms: float = arg(80.0, help="round-trip time of the emulated link (ms)")
     decision_timeout_ms: float = arg(1000.0, help="deadline of each controller decision")
     buffer_s: float = arg(60.0, help="player buffer target and maximum (s)")
-    resume: bool = arg(False, help="skip sessions whose folder already has a summary.json")
+    resume: bool = arg(False, help="finish an interrupted replay in --out: finished sessions "
+                       "(sessions.jsonl) are kept, unfinished ones moved to interrupted/ and run again")
+    parallel: int = arg(1, help="sessions at once: > 1 runs them over one network with that many "
+                        "client hosts, one shared DASH server and controller (emulation.parallel); with "
+                        "--ray, tasks at once on a local instance")
+    ray: str = arg("", help="run each session as a Ray task with its own link, server and controller: "
+                   "`local` or a running cluster's address (client.replay_ray)")
 
 
 def read_start_offsets(path: Path) -> dict[str, int]:
@@ -94,8 +121,12 @@ def aggregate(rows: list[dict[str, Any]], policies: list[str]) -> dict[str, dict
     return out
 
 
-def _write_results(out: Path, rows: list[dict[str, Any]], cfg: Config, started: float,
-                   complete: bool) -> None:
+def _write_results(out: Path, rows: list[dict[str, Any]], cfg: Config, started: float, complete: bool,
+                   jobs: int) -> None:
+    """The merged outputs: summary.json, sessions.csv (one row per session) and chunks.parquet."""
+    import pandas as pd
+
+    from client.replay_ledger import interrupted_records
     from netllm.chunklog import read_chunk_log, write_parquet, write_summary
 
     chunk_rows = []
@@ -104,9 +135,12 @@ def _write_results(out: Path, rows: list[dict[str, Any]], cfg: Config, started: 
         if path.exists():
             chunk_rows += read_chunk_log(path)
     write_parquet(chunk_rows, out / "chunks.parquet")
+    pd.DataFrame(rows, columns=[*SESSION_KEYS, "folder"]).to_csv(out / "sessions.csv", index=False)
+    wall_s = time.monotonic() - started
     write_summary({"policies": aggregate(rows, cfg.policies), "sessions": rows, "complete": complete,
+                   "jobs": jobs, "interrupted_sessions": interrupted_records(out),
                    "traces_dir": str(cfg.traces), "video": str(cfg.video), "rtt_ms": cfg.rtt_ms,
-                   "wall_s": time.monotonic() - started}, out)
+                   "parallel": cfg.parallel, "ray": cfg.ray or None, "wall_s": wall_s}, out)
 
 
 def _session_row(summary: dict[str, Any], folder: str) -> dict[str, Any]:
@@ -115,18 +149,81 @@ def _session_row(summary: dict[str, Any], folder: str) -> dict[str, Any]:
     return row
 
 
+def _jobs(cfg: Config, traces: list[Any], offsets: dict[str, int], video: Any, out: Path) -> list[Any]:
+    """Every (trace, policy) session, in run order, with its resolved stream config."""
+    from client.stream import Config as StreamConfig, resolve_config
+    from emulation.live_session import trace_start_time
+    from emulation.parallel import SessionJob
+    from emulation.trace_schedule import start_time_for_index
+
+    jobs = []
+    for trace in traces:
+        if trace.name in offsets:
+            try:
+                start_s = start_time_for_index(trace, offsets[trace.name])
+            except ValueError as exc:
+                raise CommandError(f"--start-offsets: {exc}") from None
+        else:
+            start_s = trace_start_time(trace, cfg.trace_offset_s)
+        for policy in cfg.policies:
+            folder = _folder_name(trace.name, policy)
+            session_out = out / "sessions" / folder
+            stream_cfg = resolve_config(StreamConfig(
+                video=cfg.video, policy=policy, out=session_out, trace=Path(trace.source or trace.name),
+                trace_offset_s=start_s - float(trace.time_s[0]), rtt_ms=cfg.rtt_ms,
+                decision_timeout_ms=cfg.decision_timeout_ms, buffer_s=cfg.buffer_s,
+                session_id=f"{policy}-{folder}"), video)
+            jobs.append(SessionJob(len(jobs), folder, session_out, trace, start_s, stream_cfg))
+    return jobs
+
+
+def _check_options(cfg: Config) -> None:
+    if not cfg.policies:
+        raise CommandError("--policies names no policy")
+    if len(set(cfg.policies)) != len(cfg.policies):
+        raise CommandError("--policies names a policy twice")
+    if cfg.parallel < 1:
+        raise CommandError("--parallel must be >= 1")
+    from emulation.multi_link import MAX_CLIENTS
+
+    if cfg.parallel > MAX_CLIENTS:
+        raise CommandError(f"--parallel must be <= {MAX_CLIENTS}")
+
+
+def _prepare_out(cfg: Config, jobs: list[Any], out: Path) -> dict[str, dict[str, Any]]:
+    """The rows already finished (with --resume), after moving unfinished folders aside."""
+    from client.replay_ledger import Ledger, check_same_options, has_previous_run, move_aside
+
+    if not cfg.resume:
+        if has_previous_run(out):
+            raise CommandError(f"{out} already holds a replay: add --resume to finish it, "
+                               "or choose another --out")
+        return {}
+    check_same_options(out, {"video": str(cfg.video), "rtt_ms": cfg.rtt_ms, "buffer_s": cfg.buffer_s,
+                             "decision_timeout_ms": cfg.decision_timeout_ms})
+    if os.geteuid() == 0:  # a killed run's player may still write into its folder: end it before moving it
+        from emulation.netns_cleanup import cleanup_stale
+
+        for report in cleanup_stale():
+            print(f"netllm replay: cleaned up after a killed run {report.describe()}", file=sys.stderr)
+    done = Ledger(out).rows()
+    moved = move_aside(out, [j.folder for j in jobs if j.folder not in done])
+    for record in moved:
+        print(f"netllm replay: unfinished session {record['folder']} ({record['chunks']} chunk rows) "
+              f"moved to {record['moved_to']}; running it again", file=sys.stderr)
+    return done
+
+
 def run(cfg: Config) -> int:
     from tqdm import tqdm
 
-    from client.stream import Config as StreamConfig, load_session_video, resolve_config
-    from emulation.live_session import emulated_session, trace_start_time
+    from client.replay_ledger import Ledger
+    from client.stream import load_session_video
     from emulation.signals import terminate_raises
-    from emulation.trace_schedule import start_time_for_index
     from traces.bandwidth import TraceError
     from traces.readers import read_trace_dir
 
-    if not cfg.policies:
-        raise CommandError("--policies names no policy")
+    _check_options(cfg)
     try:
         traces = read_trace_dir(cfg.traces, cfg.pattern)
     except TraceError as exc:
@@ -136,45 +233,57 @@ def run(cfg: Config) -> int:
     video = load_session_video(cfg.video)
     out = Path(cfg.out or Path("runs") / f"replay-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = dataclasses.replace(cfg, out=out)
+    jobs = _jobs(cfg, traces, offsets, video, out)
+    done = _prepare_out(cfg, jobs, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    rows: list[dict[str, Any]] = []
+    ledger = Ledger(out)
+    finished = {j.folder: _session_row(done[j.folder], j.folder) for j in jobs if j.folder in done}
+    todo = [j for j in jobs if j.folder not in done]
     started = time.monotonic()
-    jobs = [(t, p) for t in traces for p in cfg.policies]
     complete = False
     try:
-        with terminate_raises(), tqdm(total=len(jobs), unit="session", desc="replay") as bar:
-            for trace, policy in jobs:
-                folder = _folder_name(trace.name, policy)
-                session_out = out / "sessions" / folder
-                bar.set_postfix_str(folder[-40:])
-                if cfg.resume and (session_out / "summary.json").exists():
-                    import json
-
-                    rows.append(_session_row(json.loads((session_out / "summary.json").read_text()), folder))
-                    bar.update(1)
-                    continue
-                if trace.name in offsets:
-                    try:
-                        start_s = start_time_for_index(trace, offsets[trace.name])
-                    except ValueError as exc:
-                        raise CommandError(f"--start-offsets: {exc}") from None
-                else:
-                    start_s = trace_start_time(trace, cfg.trace_offset_s)
-                stream_cfg = resolve_config(StreamConfig(
-                    video=cfg.video, policy=policy, out=session_out, trace=Path(trace.source or trace.name),
-                    trace_offset_s=start_s - float(trace.time_s[0]), rtt_ms=cfg.rtt_ms,
-                    decision_timeout_ms=cfg.decision_timeout_ms, buffer_s=cfg.buffer_s,
-                    session_id=f"{policy}-{folder}"), video)
-                save_config(stream_cfg, session_out)
-                result = emulated_session(stream_cfg, video, trace, start_s)
-                rows.append(_session_row(result.summary, folder))
+        with terminate_raises(), tqdm(total=len(jobs), initial=len(finished), unit="session",
+                                      desc="replay") as bar:
+            def on_done(job: Any, summary: dict[str, Any]) -> None:
+                row = _session_row(summary, job.folder)
+                ledger.append(row)
+                finished[job.folder] = row
                 bar.update(1)
+
+            _run_jobs(cfg, todo, video, out, on_done, bar)
         complete = True
     finally:
-        _write_results(out, rows, cfg, started, complete)
+        # In run order, whichever finished first.
+        rows = [finished[j.folder] for j in jobs if j.folder in finished]
+        _write_results(out, rows, cfg, started, complete, len(jobs))
     _print_table(aggregate(rows, cfg.policies), out)
     return 0 if all(not r.get("player_exit_code") for r in rows) else 1
+
+
+def _run_jobs(cfg: Config, todo: list[Any], video: Any, out: Path,
+              on_done: Callable[[Any, dict[str, Any]], None], bar: Any) -> None:
+    """Serial (a fresh network per session), shared (--parallel N) or Ray (--ray)."""
+    if not todo:
+        return
+    if cfg.ray:
+        from client.replay_ray import run_ray_sessions
+
+        run_ray_sessions(todo, cfg.ray, cfg.parallel, on_done)
+    elif cfg.parallel > 1:
+        from emulation.parallel import run_shared
+
+        for job in todo:
+            save_config(job.stream_cfg, job.out)
+        run_shared(todo, video, cfg.parallel, out / "shared", on_done, cfg.rtt_ms)
+    else:
+        from emulation.live_session import emulated_session
+
+        for job in todo:
+            bar.set_postfix_str(job.folder[-40:])
+            save_config(job.stream_cfg, job.out)
+            result = emulated_session(job.stream_cfg, video, job.trace, job.start_s)
+            on_done(job, result.summary)
 
 
 def _print_table(agg: dict[str, dict[str, Any]], out: Path) -> None:

@@ -51,3 +51,32 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def _run_shard(run_unit: Callable[..., Any], initializer: Callable[..., None], initargs: tuple,
+               units: Sequence[tuple]) -> list[Any]:
+    """One Ray task: set the worker up once, then run its shard's units in order."""
+    initializer(*initargs)
+    return [run_unit(*unit) for unit in units]
+
+
+def map_units_ray(run_unit: Callable[..., Any], units: Sequence[tuple], initializer: Callable[..., None],
+                  initargs: tuple, address: str, num_cpus: int | None, desc: str,
+                  shard_key: Callable[[tuple], Any] | None = None) -> list[Any]:
+    """`map_units` over Ray (`netllm.raycluster`; `address` is `local` or a cluster's). Units with the same
+    `shard_key` (default: each unit its own key) run in one task; keys are dealt round-robin, in first-seen
+    order, into about four shards per cluster CPU. Results come back grouped by shard, not in unit order:
+    callers sort them, as they do `map_units`'s completion-order results."""
+    from netllm.raycluster import cluster_cpus, ray_session, run_remote
+
+    keys: dict[Any, int] = {}
+    for i, unit in enumerate(units):
+        keys.setdefault(shard_key(unit) if shard_key else i, len(keys))
+    with ray_session(address, num_cpus) as ray:
+        shard_count = max(1, min(len(keys), 4 * cluster_cpus(ray)))
+        shards: list[list[tuple]] = [[] for _ in range(shard_count)]
+        for i, unit in enumerate(units):
+            shards[keys[shard_key(unit) if shard_key else i] % shard_count].append(unit)
+        tasks = [(run_unit, initializer, initargs, shard) for shard in shards if shard]
+        results = run_remote(ray, _run_shard, tasks, desc, "shard")
+    return [result for shard in results for result in shard]
