@@ -11,7 +11,7 @@ NetLLM-style file (`trace_file start_index` per line, `#` comments; e.g. abr/fcc
 that trace starts at that sample index; traces it does not list start at `--trace-offset-s`.
 
 How sessions run:
-    default (--parallel 1)   one after another, each with its own network, server and controller
+    --parallel 1             one after another, each with its own network, server and controller
                              (emulation.live_session.emulated_session)
     --parallel N (N > 1)     N at once over one network with N client hosts, each with its own shaped
                              downlink and trace replay, sharing ONE DASH server and ONE controller
@@ -79,7 +79,9 @@ class Config:
     buffer_s: float = arg(60.0, help="player buffer target and maximum (s)")
     resume: bool = arg(False, help="finish an interrupted replay in --out: finished sessions "
                        "(sessions.jsonl) are kept, unfinished ones moved to interrupted/ and run again")
-    parallel: int = arg(1, help="sessions at once: > 1 runs them over one network with that many "
+    # Default 2: on a 2-core machine, benchmarks/bench_scaleout.py saw no stall on a fast link at N = 2 and the
+    # first (machine-made) stalls at N = 4; raise it on bigger machines.
+    parallel: int = arg(2, help="sessions at once: > 1 runs them over one network with that many "
                         "client hosts, one shared DASH server and controller (emulation.parallel); with "
                         "--ray, tasks at once on a local instance")
     ray: str = arg("", help="run each session as a Ray task with its own link, server and controller: "

@@ -56,7 +56,7 @@ def test_replay_two_traces_two_policies(tmp_path: Path) -> None:
     out = tmp_path / "replay"
     done = subprocess.run([sys.executable, "-m", "netllm", "replay", "--traces", str(traces),
                            "--policies", "bba,rb", "--video", str(video), "--out", str(out),
-                           "--trace-offset-s", "2"],
+                           "--trace-offset-s", "2", "--parallel", "1"],
                           cwd=REPO_ROOT, env={**os.environ, "NETLLM_RUN_DIR": str(tmp_path / "runstate")},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -61,7 +61,7 @@ def test_previous_run_detection_and_option_check(tmp_path: Path) -> None:
 
 def _replay_cmd(traces: Path, video: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "netllm", "replay", "--traces", str(traces), "--policies", "bba",
-            "--video", str(video), "--out", str(out), *extra]
+            "--video", str(video), "--out", str(out), "--parallel", "1", *extra]
 
 
 @pytest.fixture(scope="module")

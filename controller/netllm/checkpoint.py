@@ -8,7 +8,7 @@ A checkpoint folder holds:
   `peft.PeftModel.from_pretrained` on the same backbone);
 - `netllm_modules.safetensors`: encoder and networking head;
 - `backbone.safetensors`: only when the body itself is not reproducible from its source: random backbones
-  (`tiny`, `llama2-7b-shape`) and full fine-tuning.
+  (`tiny`, `llama2-7b-shape`, `smollm2-random`) and full fine-tuning.
 
 Loading never unpickles: every tensor comes from `safetensors.torch.load_file`, nothing calls `torch.load`.
 Tensors may be stored in bf16/fp16 (`storage_dtype`) to keep a checkpoint small; they are cast back to the
@@ -38,7 +38,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODULES_FILE = "netllm_modules.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
-RANDOM_KINDS = ("tiny", "llama2-7b-shape")
+RANDOM_KINDS = ("tiny", "llama2-7b-shape", "smollm2-random")
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
