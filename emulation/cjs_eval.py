@@ -191,6 +191,11 @@ def _check(cfg: Config) -> dict[str, dict]:
         JobCatalog(cfg.tpch_dir)
     except JobDataError as exc:
         raise CommandError(str(exc)) from None
+    for name in cfg.policies:  # build each once here: a missing or bad checkpoint is a user error, not a crash
+        try:
+            policy_class(name)(**options.get(name, {}))
+        except (ValueError, OSError, TypeError) as exc:
+            raise CommandError(f"policy {name}: {exc}") from None
     return options
 
 

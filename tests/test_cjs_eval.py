@@ -45,8 +45,10 @@ def test_cjs_eval_user_errors(shared_data: Path, tmp_path: Path, capsys: pytest.
     base = ["cjs-eval", "--out", str(tmp_path / "x"), "--seeds", "1", "--jobs", "2"]
     assert main(base + ["--policies", "sjf"]) == 2
     assert "unknown CJS policy 'sjf'" in capsys.readouterr().err
-    assert main(base + ["--policies", "decima"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+    missing = str(tmp_path / "no-checkpoint")
+    assert main(base + ["--policies", "decima", "--policy-options",
+                        json.dumps({"decima": {"checkpoint": missing}})]) == 2
+    assert "no-checkpoint" in capsys.readouterr().err
     assert main(base + ["--tpch-dir", str(tmp_path / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(base + ["--initial-jobs", "5"]) == 2
