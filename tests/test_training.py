@@ -161,3 +161,17 @@ def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -
     assert serving["target_quantile"] in (0.5, 1.0)
     rows = _rows(out / "loss.csv")
     assert [r["valid_qoe"] != "" for r in rows] == [False, True, False, True]
+    # --select-only: best/ and last/ at each target, scored on the same validation traces; winner in selected/
+    rc = main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--device", "cpu",
+               "--select-only", "--select-by", "sim", "--valid-trace-dir", str(valid), "--video", str(video),
+               "--target-quantiles", "0.25,0.5", "--save-dtype", "bfloat16"])
+    assert rc == 0
+    selection = json.loads((out / "selection.json").read_text())
+    assert set(selection["scores"]) == {"best@0.25", "best@0.5", "last@0.25", "last@0.5"}
+    assert selection["scores"][selection["winner"]] == max(selection["scores"].values())
+    chosen = json.loads((out / "selected" / "netllm_config.json").read_text())
+    assert chosen["storage_dtype"] == "bfloat16" and chosen["serving"]["target_quantile"] in (0.25, 0.5)
+    assert not list((out / "selected").glob("train_state*"))
+    from controller.netllm.checkpoint import load_checkpoint
+
+    load_checkpoint(out / "selected", device="cpu")  # the copy is a valid checkpoint
