@@ -110,6 +110,7 @@ def main() -> int:
     print(f"netllm-vp single-window latency, {latency['threads']} thread: p50 {latency['p50_ms']:.1f} ms, "
           f"p99 {latency['p99_ms']:.1f} ms over {latency['calls']} calls")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "netllm_vp_latency": latency}, indent=2) + "\n")
     return 0
 
