@@ -23,6 +23,9 @@ link:
 - buffer: the live player (`--buffer-s 60`) requests the next chunk only once buffer + one chunk < 60 s,
   polling every 20 ms; the simulator sleeps while the buffer after an append exceeds its cap, so the
   matching cap is 60 s - chunk duration (56 s) with a 0.02 s drain step (`--sim-buffer-cap-s` overrides).
+`--spread-seeds K` adds a third simulator, live timing plus the measured spread of request gaps and transfer
+times (`measured_live_timing(spread=True)`), run with K seeds: its mean, and whether live falls inside the
+seeds' 10-90 % QoE range.
 Not modelled (expected sources of disagreement): TCP slow start after idle periods and per-request HTTP
 headers, the spread of the browser's scheduling around its mean, the live buffer being measured by the
 media element rather than computed.
@@ -75,6 +78,8 @@ LIVE_POLL_S = 0.02
 QOE_TARGET_REL = 0.10
 SAME_QUALITY_TARGET = 0.5
 TIMINGS = ("live", "pensieve")
+SPREAD = "spread"
+"""Live timing plus the measured spread of gaps and transfers, averaged over `--spread-seeds` seeds."""
 
 
 class FirstDecisionAdapter(AbrPolicy):
@@ -121,6 +126,16 @@ class PolicyComparison:
     live_mean_request_gap_s: float
     """Mean time from one chunk's last byte to the next request (append, decision, scheduling, init, cap)."""
     sim_mean_request_gap_s: float
+    sim_seeds: int = 1
+    """Simulated sessions behind the sim figures (several with the spread model: their means)."""
+    sim_qoe_p10: float = float("nan")
+    sim_qoe_p90: float = float("nan")
+    """10th and 90th percentile of the per-seed mean QoE (spread model only)."""
+
+    @property
+    def live_in_sim_band(self) -> bool:
+        """Live mean QoE inside the spread model's 10-90 % range (False without a spread)."""
+        return self.sim_qoe_p10 <= self.live_mean_qoe <= self.sim_qoe_p90
 
     @property
     def meets_targets(self) -> bool:
@@ -139,6 +154,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timing", choices=(*TIMINGS, "both"), default="live",
                    help="simulator timing: live (measured_live_timing), pensieve, or both (targets judged "
                         "on live)")
+    p.add_argument("--spread-seeds", type=int, default=0,
+                   help="also simulate with the measured spread of request gaps and transfer times "
+                        "(measured_live_timing(spread=True)) over this many seeds and compare live with "
+                        "their mean and 10-90 %% range (0: off)")
     p.add_argument("--rtt-ms", type=float, default=80.0, help="round-trip time of the live link and the sim")
     p.add_argument("--out", type=Path, default=Path("runs/sim-vs-live"), help="output folder")
     p.add_argument("--reuse-live", action="store_true",
@@ -197,10 +216,36 @@ def sim_config(rtt_ms: float, chunks: int, buffer_cap_s: float, live: LiveTiming
                      chunk_count=chunks, live=live)
 
 
-def run_sim(policy: str, trace: BandwidthTrace, video: Video, cfg: SimConfig) -> SessionResult:
+def run_sim(policy: str, trace: BandwidthTrace, video: Video, cfg: SimConfig, seed: int = 0) -> SessionResult:
     adapted = FirstDecisionAdapter(make_policy(policy), LIVE_DEFAULT_QUALITY)
-    return simulate_session(adapted, trace, video, start_index=1, config=cfg, seed=0, log_rows=True,
+    return simulate_session(adapted, trace, video, start_index=1, config=cfg, seed=seed, log_rows=True,
                             policy_name=policy)
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of a non-empty sample."""
+    xs = sorted(xs)
+    pos = q * (len(xs) - 1)
+    i = min(int(pos), len(xs) - 1)
+    j = min(i + 1, len(xs) - 1)
+    return xs[i] + (xs[j] - xs[i]) * (pos - i)
+
+
+def compare_spread(trace: str, rows: list[dict[str, Any]], policy: str, trace_obj: BandwidthTrace, video: Video,
+                   cfg: SimConfig, seeds: int, live_summary: dict[str, Any]) -> PolicyComparison:
+    """Live vs the spread model: per-seed comparisons, averaged; the seeds' QoE range kept as a band."""
+    per_seed = [compare(trace, SPREAD, rows, run_sim(policy, trace_obj, video, cfg, seed), live_summary)
+                for seed in range(seeds)]
+    qoes = [c.sim_mean_qoe for c in per_seed]
+    sim_mean = _mean(qoes)
+    first = per_seed[0]
+    return PolicyComparison(**{
+        **asdict(first), "sim_mean_qoe": sim_mean,
+        "qoe_rel_diff": (first.live_mean_qoe - sim_mean) / abs(sim_mean) if sim_mean else float("nan"),
+        "same_quality_frac": _mean([c.same_quality_frac for c in per_seed]),
+        "sim_rebuffer_s": _mean([c.sim_rebuffer_s for c in per_seed]),
+        "sim_mean_bitrate_kbps": _mean([c.sim_mean_bitrate_kbps for c in per_seed]),
+        "sim_seeds": seeds, "sim_qoe_p10": _quantile(qoes, 0.1), "sim_qoe_p90": _quantile(qoes, 0.9)})
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -262,6 +307,8 @@ def print_header(timings: Sequence[str]) -> None:
     cols = f"{'trace':34s} {'policy':10s} {'live':>7s}"
     for t in timings:
         cols += f" | {t + ' sim':>13s} {'rel':>7s} {'same':>5s} {'rebuf':>6s}"
+        if t == SPREAD:
+            cols += f" {'[p10, p90]*=live in':>16s}"
     print(cols + f" | {'live rebuf':>10s}  targets")
 
 
@@ -271,6 +318,8 @@ def print_row(by_timing: dict[str, PolicyComparison]) -> None:
     for c in by_timing.values():
         line += (f" | {c.sim_mean_qoe:13.3f} {c.qoe_rel_diff:+7.1%} {c.same_quality_frac:5.0%}"
                  f" {c.sim_rebuffer_s:6.2f}")
+        if c.sim_seeds > 1:
+            line += f" [{c.sim_qoe_p10:.3f}, {c.sim_qoe_p90:.3f}]{'*' if c.live_in_sim_band else ' '}"
     judged = by_timing.get("live", first)
     line += f" | {first.live_rebuffer_s:10.2f}  {'MEETS' if judged.meets_targets else 'MISSES'}"
     print(line)
@@ -287,6 +336,7 @@ def aggregate(comps: Sequence[PolicyComparison]) -> dict[str, Any]:
         "max_abs_qoe_rel_diff": max((abs(c.qoe_rel_diff) for c in comps), default=float("nan")),
         "mean_same_quality_frac": _mean([c.same_quality_frac for c in comps]),
         "sessions_meeting_targets": sum(1 for c in comps if c.meets_targets),
+        "sessions_live_in_sim_band": sum(1 for c in comps if c.live_in_sim_band),
     }
 
 
@@ -312,9 +362,9 @@ def write_sessions_csv(comps: Sequence[PolicyComparison], path: Path) -> None:
     names = [f.name for f in fields(PolicyComparison)]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(names + ["meets_targets"])
+        w.writerow(names + ["meets_targets", "live_in_sim_band"])
         for c in comps:
-            w.writerow([_fmt(getattr(c, n)) for n in names] + [c.meets_targets])
+            w.writerow([_fmt(getattr(c, n)) for n in names] + [c.meets_targets, c.live_in_sim_band])
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -338,6 +388,10 @@ def compare_trace(trace_path: Path, folder: Path, policies: Sequence[str], confi
         live_summary = json.loads((live_dir / "summary.json").read_text())
         by_timing = {}
         for timing, cfg in configs.items():
+            if timing == SPREAD:
+                by_timing[timing] = compare_spread(trace_path.name, rows, policy, trace, video, cfg,
+                                                   args.spread_seeds, live_summary)
+                continue
             sim = run_sim(policy, trace, video, cfg)
             suffix = "" if timing == "live" else f"-{timing}"
             write_side_by_side(rows, sim, folder / f"compare-{policy}{suffix}.csv")
@@ -358,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     live_timing = measured_live_timing(args.video, video.levels)
     configs = {t: sim_config(args.rtt_ms, video.chunk_count, cap_s, live_timing if t == "live" else None)
                for t in timings}
+    if args.spread_seeds > 0:
+        timings = (*timings, SPREAD)
+        configs[SPREAD] = sim_config(args.rtt_ms, video.chunk_count, cap_s,
+                                     measured_live_timing(args.video, video.levels, spread=True))
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     config = {"video": str(args.video.resolve()), "traces": [str(t) for t, _ in traces], "policies": policies,
               "rtt_ms": args.rtt_ms, "trace_offset_s": 0.0, "live_default_quality": LIVE_DEFAULT_QUALITY,
@@ -379,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {"video": str(args.video), "rtt_ms": args.rtt_ms, "sim_payload_fraction": payload_factor(),
                "live_timing": asdict(live_timing), "targets": {"abs_qoe_rel_diff_max": QOE_TARGET_REL,
                                                               "same_quality_frac_min": SAME_QUALITY_TARGET},
-               "sessions": [{**_clean(asdict(c)), "meets_targets": c.meets_targets} for c in comps],
+               "spread_seeds": args.spread_seeds,
+               "sessions": [{**_clean(asdict(c)), "meets_targets": c.meets_targets,
+                             "live_in_sim_band": c.live_in_sim_band} for c in comps],
                "aggregate": _clean(aggs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(f"\nwrote {out / 'summary.json'} and {out / 'sessions.csv'}")

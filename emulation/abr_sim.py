@@ -31,7 +31,8 @@ fetching the new representation's init segment before every quality switch, and 
 pass (the live RTT is a first-byte delay while the link keeps replaying the trace). Time before a request
 drains the buffer like the download does (stall if it runs dry) and counts in the startup delay for chunk 0;
 the logged download time stays request -> last byte. `measured_live_timing()` gives the values measured on
-the live testbed.
+the live testbed; with `spread=True` the gaps and transfer times also scatter as they do live (seeded), so
+several seeds give the range of outcomes a live session can have on a trace.
 
 The hot loop uses plain Python floats and lists (numpy scalars are ~10x slower) and one reused observation;
 `simulate_session(..., log_rows=False)` skips building per-chunk log rows.
@@ -84,6 +85,14 @@ class LiveTiming:
     request_overhead_s: float = 0.0
     """First-byte latency of every request beyond `SimConfig.rtt_s` (server, HTTP, loopback hops); it counts
     like the RTT (in the download time, and in trace time when `rtt_consumes_trace`)."""
+    request_gap_quantiles_s: tuple[float, ...] = ()
+    """The spread of that gap: evenly spaced quantiles (0 %, ..., 100 %) of measured gaps. When set, each
+    gap is drawn from this distribution (inverse CDF, linear between quantiles) with the session's seeded
+    generator instead of being `request_gap_s`. (): the fixed mean gap."""
+    transfer_jitter: float = 0.0
+    """Standard deviation of the log of a per-chunk factor on each chunk's transfer: the chunk moves as if it
+    were exp(N(0, sigma)) times its size, so the trace position stays consistent. Live downloads scatter
+    around the shaped rate by about 1 %. 0: none."""
     rtt_consumes_trace: bool = False
     """True: every request's RTT lets trace time pass before its first byte arrives (the live RTT is a
     first-byte delay while the link keeps replaying the trace). False: Pensieve's rule, the RTT lengthens
@@ -94,6 +103,25 @@ class LiveTiming:
             raise ValueError("startup_bytes, startup_requests and init_bytes must be >= 0")
         if not (self.startup_idle_s >= 0 and self.request_gap_s >= 0 and self.request_overhead_s >= 0):
             raise ValueError("startup_idle_s, request_gap_s and request_overhead_s must be >= 0 seconds")
+        q = self.request_gap_quantiles_s
+        if q and (len(q) < 2 or q[0] < 0 or any(b < a for a, b in zip(q, q[1:]))):
+            raise ValueError("request_gap_quantiles_s: at least 2 non-negative, non-decreasing quantiles")
+        if not self.transfer_jitter >= 0:
+            raise ValueError("transfer_jitter must be >= 0")
+
+    @property
+    def random(self) -> bool:
+        """Whether sessions depend on the seed (gap spread or transfer jitter)."""
+        return bool(self.request_gap_quantiles_s) or self.transfer_jitter > 0
+
+    def draw_gap_s(self, rng: random.Random) -> float:
+        """One request gap: the mean, or a draw from the measured quantiles."""
+        q = self.request_gap_quantiles_s
+        if not q:
+            return self.request_gap_s
+        x = rng.random() * (len(q) - 1)
+        i = min(int(x), len(q) - 2)
+        return q[i] + (q[i + 1] - q[i]) * (x - i)
 
 
 # Live-testbed measurements behind `measured_live_timing()`. Sources: the four recorded 48-chunk live sessions
@@ -105,6 +133,13 @@ LIVE_REQUEST_GAP_S = 0.029
 """Pooled mean of chunk i's last byte -> chunk i+1's request over the 108 gaps without a quality switch
 (per session means 0.033, 0.029, 0.020, 0.032 s; medians 0.019-0.030 s). Gaps before a switch are
 0.112-0.125 s on average: these plus one init request (0.080 s RTT + first-byte overhead + ~840 B)."""
+LIVE_REQUEST_GAP_DECILES_S = (0.0150, 0.0183, 0.0198, 0.0216, 0.0252, 0.0272, 0.0286, 0.0314, 0.0355, 0.0428,
+                              0.0711)
+"""Deciles of the same 108 gaps (standard deviation 0.011 s): the spread of the browser's scheduling."""
+LIVE_TRANSFER_JITTER = 0.011
+"""Standard deviation of log(live / simulated download time) over 182 chunks of the 12 sessions of
+runs/sim-vs-live-multi that were requested at the same quality within 0.15 s of the simulated request (mean
+-0.002, i.e. no bias; 5-95 % range -1.3 %..+1.0 %, extremes -5 %..+8 %)."""
 LIVE_REQUEST_OVERHEAD_S = 0.0048
 """Mean request -> first byte over the 192 chunks is 0.0848 s (per session 0.0861, 0.0848, 0.0838, 0.0846 s)
 with an 80 ms first-byte delay configured: 4.8 ms on top of the RTT."""
@@ -129,11 +164,12 @@ def _file_size(path: Path) -> int | None:
         return None
 
 
-def measured_live_timing(video_dir: Path | None = None, levels: int = 6) -> LiveTiming:
+def measured_live_timing(video_dir: Path | None = None, levels: int = 6, spread: bool = False) -> LiveTiming:
     """The live testbed's timing: start-up and init-segment bytes from the prepared video in `video_dir`
     (video.json, its MPD and init segments, as the live server sends them), the rest measured (see the
     LIVE_* constants). Without those files (None, or a Pensieve-style folder) the default video's sizes
-    are used for `levels` levels. The RTT itself is `SimConfig.rtt_s`."""
+    are used for `levels` levels. The RTT itself is `SimConfig.rtt_s`. `spread` adds the measured spread
+    of request gaps and transfer times, so each seed plays one plausible live session."""
     startup_bytes, init = LIVE_FALLBACK_STARTUP_BYTES, (LIVE_FALLBACK_INIT_BYTES,) * levels
     doc_path = Path(video_dir) / "video.json" if video_dir is not None else None
     if doc_path is not None and doc_path.is_file():
@@ -148,7 +184,9 @@ def measured_live_timing(video_dir: Path | None = None, levels: int = 6) -> Live
             init = tuple(int(b) for b in inits if b is not None)
     return LiveTiming(startup_bytes=startup_bytes, startup_requests=LIVE_STARTUP_REQUESTS,
                       startup_idle_s=LIVE_STARTUP_IDLE_S, request_gap_s=LIVE_REQUEST_GAP_S, init_bytes=init,
-                      request_overhead_s=LIVE_REQUEST_OVERHEAD_S, rtt_consumes_trace=True)
+                      request_overhead_s=LIVE_REQUEST_OVERHEAD_S, rtt_consumes_trace=True,
+                      request_gap_quantiles_s=LIVE_REQUEST_GAP_DECILES_S if spread else (),
+                      transfer_jitter=LIVE_TRANSFER_JITTER if spread else 0.0)
 
 
 @dataclass(frozen=True)
@@ -346,7 +384,7 @@ class ChunkPlayer:
             trace_idle_ms = idle_ms + live.startup_requests * trace_rtt_ms
             fetch_bytes = live.startup_bytes
         else:
-            wait_ms = trace_idle_ms = live.request_gap_s * 1000.0
+            wait_ms = trace_idle_ms = live.draw_gap_s(self.rng) * 1000.0
             fetch_bytes = 0
         if live.init_bytes and quality != self.last_quality:
             wait_ms += rtt_ms
@@ -372,7 +410,10 @@ class ChunkPlayer:
             self.request_s = self.clock_s + wait_ms / 1000.0
             if self.live.rtt_consumes_trace and self.rtt_ms > 0.0:
                 self.cursor.idle(self.rtt_ms)
-            delay_ms = self.cursor.download(size) * 1000.0 + self.rtt_ms
+            moved = size
+            if self.live.transfer_jitter > 0.0:
+                moved = size * math.exp(self.rng.gauss(0.0, self.live.transfer_jitter))
+            delay_ms = self.cursor.download(moved) * 1000.0 + self.rtt_ms
         if self.cfg.noise:
             delay_ms *= self.rng.uniform(self.cfg.noise_low, self.cfg.noise_high)
         before_ms = self.buffer_ms
@@ -455,7 +496,8 @@ def simulate_session(policy: AbrPolicy, trace: BandwidthTrace | PreparedTrace, v
                      on_decision: Callable[[AbrObservation, int], None] | None = None) -> SessionResult:
     """Play one session of `video` over `trace` from sample `start_index` with `policy`.
 
-    `seed` seeds the noise generator (only used when `config.noise`). `log_rows` builds chunk-log rows
+    `seed` seeds the generator of the delay noise (`config.noise`) and of the live-timing spread
+    (`LiveTiming.random`); neither is on by default. `log_rows` builds chunk-log rows
     (netllm.chunklog.COLUMNS, simulated times). `on_decision(obs, quality)` is called after every policy
     decision with the (reused, so copy what you keep) observation, e.g. to collect experience.
     """

@@ -227,6 +227,57 @@ def test_bad_live_timing_is_rejected():
                          config=cfg(LiveTiming(init_bytes=(1, 2))))
 
 
+# ------------------------------------------------------------------ spread of gaps and transfers
+
+def test_gap_draws_follow_the_quantiles():
+    import random
+    live = LiveTiming(request_gap_quantiles_s=(0.01, 0.02, 0.05))
+    rng = random.Random(3)
+    draws = [live.draw_gap_s(rng) for _ in range(20000)]
+    assert min(draws) >= 0.01 and max(draws) <= 0.05
+    below_median = sum(1 for d in draws if d < 0.02) / len(draws)
+    assert 0.48 < below_median < 0.52  # the middle quantile is the median
+    assert abs(sum(draws) / len(draws) - 0.025) < 0.0005  # mean of a piecewise-uniform distribution
+    assert LiveTiming(request_gap_s=0.03).draw_gap_s(rng) == 0.03
+
+
+def test_spread_is_seeded_and_off_by_default():
+    video, trace = synthetic_video(), markov(3, duration_s=300.0)
+    base = measured_live_timing(None)
+    spread = measured_live_timing(None, spread=True)
+    assert not base.random and spread.random
+
+    def run(live: LiveTiming, seed: int):
+        return simulate_session(make_policy("robustmpc"), trace, video, config=cfg(live), seed=seed)
+
+    assert run(base, 0).duration_s == run(base, 1).duration_s  # without spread the seed does nothing
+    a, b, c = run(spread, 0), run(spread, 0), run(spread, 1)
+    assert a.duration_s == b.duration_s and a.qualities == b.qualities
+    assert a.duration_s != c.duration_s
+    # The spread is small: a session's length moves by well under a second on a 3-minute session.
+    assert abs(a.duration_s - run(base, 0).duration_s) < 1.0
+
+
+def test_transfer_jitter_moves_download_times_by_its_sigma():
+    video = flat_video(40, 500_000)
+    live = LiveTiming(transfer_jitter=0.05)
+    r = simulate_session(Fixed([0] * 40), constant_trace(), video, config=cfg(live), seed=2)
+    transfer = [d - 0.08 for d in r.download_times_s]  # 0.5 s at 1 MB/s without jitter
+    logs = [math.log(t / 0.5) for t in transfer]
+    mean = sum(logs) / len(logs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / len(logs))
+    assert 0.03 < sd < 0.07 and abs(mean) < 0.03
+
+
+def test_bad_spread_is_rejected():
+    with pytest.raises(ValueError, match="request_gap_quantiles_s"):
+        LiveTiming(request_gap_quantiles_s=(0.03, 0.02))
+    with pytest.raises(ValueError, match="request_gap_quantiles_s"):
+        LiveTiming(request_gap_quantiles_s=(0.03,))
+    with pytest.raises(ValueError, match="transfer_jitter"):
+        LiveTiming(transfer_jitter=-0.1)
+
+
 # ------------------------------------------------------------------ netllm sim --live-timing
 
 def _cli_inputs(tmp_path: Path) -> tuple[Path, Path]:

@@ -8,7 +8,11 @@ Per step the tokens are, in order (`TOKENS_PER_STEP` = 8):
 Scalars go through a linear layer each; the two 8-chunk histories and the 6 next-chunk sizes go through a 1-D
 convolution, flattened and projected. The return-to-go is a linear embedding of the scaled return, the action
 an embedding of the level index. A per-step timestep embedding (the chunk index, clamped) is added to each of
-the step's tokens, then a LayerNorm (as in the Decision Transformer) brings them to the scale the LLM expects.
+the step's tokens, then a LayerNorm (as in the Decision Transformer) brings them to the scale the LLM expects: its
+gain starts at `token_rms`, the RMS of the backbone's own input embeddings. A unit gain would hand the LLM
+tokens about 7x larger than any word it was pre-trained on (SmolLM2's embeddings have RMS ~0.14), which
+swamps the pre-trained attention and gave the pre-trained backbone larger gradients and worse policies than a
+randomly initialised one.
 
 Inputs are OBS_DIM rows in physical units (see `abr_features`); the normalisation here is fixed:
 bitrates and throughputs are divided by the ladder's top bitrate, the buffer by 10 s, download times by the
@@ -69,7 +73,7 @@ class AbrEncoder(nn.Module):
     """Steps (returns, states, actions, timesteps) -> LayerNormed tokens (B, T, TOKENS_PER_STEP, width)."""
 
     def __init__(self, width: int, levels: int = LEVELS, conv_channels: int = 128, conv_kernel: int = 4,
-                 max_timestep: int = 128) -> None:
+                 max_timestep: int = 128, token_rms: float = 1.0) -> None:
         super().__init__()
         self.max_timestep = max_timestep
         self.embed_return = nn.Linear(1, width)
@@ -80,6 +84,7 @@ class AbrEncoder(nn.Module):
         self.embed_action = nn.Embedding(levels, width)
         self.embed_timestep = nn.Embedding(max_timestep, width)
         self.norm = nn.LayerNorm(width)
+        nn.init.constant_(self.norm.weight, token_rms)
 
     def time(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.embed_timestep(timesteps.clamp(0, self.max_timestep - 1))

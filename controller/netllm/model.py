@@ -39,6 +39,9 @@ class NetLLMConfig:
     conv_kernel: int = 4
     max_timestep: int = 128
     """Rows of the timestep embedding; larger chunk indices are clamped to the last row."""
+    token_rms: float = 0.0
+    """Initial gain of the encoder's output LayerNorm (the RMS of its tokens); 0 = measure the RMS of the
+    backbone's input embeddings when the model is built, so tokens start at the scale the LLM was trained on."""
     return_scale: float = 50.0
     """R_t in tokens = (sum of future per-chunk QoE) / return_scale; 48 chunks of ~1 QoE give ~1."""
     finetune: str = "lora"
@@ -93,12 +96,20 @@ def apply_finetune_mode(backbone: nn.Module, cfg: NetLLMConfig) -> nn.Module:
         return get_peft_model(backbone, lora)
 
 
+def embedding_rms(backbone: nn.Module) -> float:
+    """RMS per element of the backbone's input-embedding table: the scale of the tokens it was trained on."""
+    weight = backbone.get_input_embeddings().weight.detach().float()
+    return float(weight.pow(2).mean().sqrt())
+
+
 class NetLLMAbr(nn.Module):
     def __init__(self, cfg: NetLLMConfig, backbone: nn.Module) -> None:
         super().__init__()
         self.cfg = cfg
+        if cfg.token_rms <= 0.0:
+            cfg.token_rms = embedding_rms(backbone)
         self.encoder = AbrEncoder(cfg.hidden_size, cfg.levels, cfg.conv_channels, cfg.conv_kernel,
-                                  cfg.max_timestep)
+                                  cfg.max_timestep, cfg.token_rms)
         self.backbone = backbone
         self.head = nn.Linear(cfg.hidden_size, cfg.levels)
         self._body_dtype = next(backbone.parameters()).dtype
