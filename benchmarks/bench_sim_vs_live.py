@@ -27,8 +27,8 @@ link:
 times (`measured_live_timing(spread=True)`), run with K seeds: its mean, and whether live falls inside the
 seeds' 10-90 % QoE range.
 Not modelled (expected sources of disagreement): TCP slow start after idle periods and per-request HTTP
-headers, the spread of the browser's scheduling around its mean, the live buffer being measured by the
-media element rather than computed.
+headers, TCP loss recovery when a long transfer fills the shaper's queue, the live buffer being measured by
+the media element rather than computed.
 
 Traces: `--trace FILE` (one trace; sessions in OUT/live-<policy>; default: a stepped trace written to
 OUT/trace.txt), or `--traces` = comma-separated files, or a folder (sorted by name; `--limit N` keeps the
@@ -231,8 +231,9 @@ def _quantile(xs: Sequence[float], q: float) -> float:
     return xs[i] + (xs[j] - xs[i]) * (pos - i)
 
 
-def compare_spread(trace: str, rows: list[dict[str, Any]], policy: str, trace_obj: BandwidthTrace, video: Video,
-                   cfg: SimConfig, seeds: int, live_summary: dict[str, Any]) -> PolicyComparison:
+def compare_spread(trace: str, rows: list[dict[str, Any]], policy: str, trace_obj: BandwidthTrace,
+                   video: Video, cfg: SimConfig, seeds: int,
+                   live_summary: dict[str, Any]) -> PolicyComparison:
     """Live vs the spread model: per-seed comparisons, averaged; the seeds' QoE range kept as a band."""
     per_seed = [compare(trace, SPREAD, rows, run_sim(policy, trace_obj, video, cfg, seed), live_summary)
                 for seed in range(seeds)]

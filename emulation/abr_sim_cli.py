@@ -67,10 +67,13 @@ class Config:
     start_offsets: Path | None = arg(None, help="file of 'trace_file start_index' lines (NetLLM's protocol)")
     start_index: int = arg(1, help="start sample index for traces without --start-offsets")
     noise: bool = arg(False, help="multiply download delays by U(0.9, 1.1) (seeded, same draws per trace)")
-    seed: int = arg(0, help="seed of the delay noise")
+    seed: int = arg(0, help="seed of the delay noise and of --live-spread")
     live_timing: bool = arg(False, help="model the live testbed's request timing (start-up requests, "
                             "request gap, init segment per switch, RTT consuming trace time; "
                             "emulation.abr_sim.measured_live_timing); off: Pensieve's dynamics")
+    live_spread: bool = arg(False, help="with --live-timing: also draw request gaps and transfer times "
+                                        "from the live testbed's measured spread (seeded by --seed): one "
+                                        "plausible live session per seed")
     default_quality: int = arg(1, help="quality of chunk 0 (not asked of the policy); -1: the policy decides")
     chunks: int = arg(0, help="play only the first N chunks of the video (0: all)")
     workers: int = arg(0, help="worker processes (0: one per CPU core)")
@@ -288,6 +291,8 @@ def run(cfg: Config) -> int:
     _check_policies(cfg.policies)
     if "optimal" in cfg.policies and cfg.noise:
         raise CommandError("policy optimal needs deterministic downloads: drop --noise or drop optimal")
+    if cfg.live_spread and not cfg.live_timing:
+        raise CommandError("--live-spread needs --live-timing")
     if "optimal" in cfg.policies and cfg.live_timing:
         raise CommandError("policy optimal solves Pensieve's dynamics only: "
                            "drop --live-timing or drop optimal")
@@ -301,7 +306,7 @@ def run(cfg: Config) -> int:
         raise CommandError(f"--default-quality must be -1 or in 0..{video.levels - 1}")
     starts = _starts(cfg, paths, samples)
     first = None if cfg.default_quality < 0 else cfg.default_quality
-    live = measured_live_timing(cfg.video, video.levels) if cfg.live_timing else None
+    live = measured_live_timing(cfg.video, video.levels, spread=cfg.live_spread) if cfg.live_timing else None
     sim_config = SimConfig(noise=cfg.noise, default_quality=first, live=live,
                            chunk_count=cfg.chunks or None)
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -306,3 +306,20 @@ def test_sim_command_live_timing_option(tmp_path):
     with pytest.raises(CommandError, match="live-timing"):
         sim_cli_run(SimCliConfig(out=tmp_path / "opt", live_timing=True,
                                  **{**common, "policies": ["optimal"]}))
+
+
+def test_sim_command_live_spread_option(tmp_path):
+    traces, video_dir = _cli_inputs(tmp_path)
+    common = dict(traces=traces, video=video_dir, policies=["bba"], chunks=20, workers=1, chunk_log=False,
+                  live_timing=True)
+    outcomes = {}
+    for name, extra in {"fixed": {}, "spread0": {"live_spread": True},
+                        "spread1": {"live_spread": True, "seed": 1}}.items():
+        assert sim_cli_run(SimCliConfig(out=tmp_path / name, **common, **extra)) == 0
+        doc = json.loads((tmp_path / name / "summary.json").read_text())
+        outcomes[name] = (doc["bba"]["startup_delay_s"], doc["bba"]["mean_qoe"], doc["bba"]["rebuffer_ratio"])
+        if name != "fixed":
+            assert doc["live_timing"]["transfer_jitter"] > 0 and doc["live_timing"]["request_gap_quantiles_s"]
+    assert len(set(outcomes.values())) == 3  # the spread moves the results, and the seed picks the draws
+    with pytest.raises(CommandError, match="live-spread needs --live-timing"):
+        sim_cli_run(SimCliConfig(out=tmp_path / "bad", **{**common, "live_timing": False}, live_spread=True))

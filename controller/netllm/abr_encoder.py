@@ -8,11 +8,10 @@ Per step the tokens are, in order (`TOKENS_PER_STEP` = 8):
 Scalars go through a linear layer each; the two 8-chunk histories and the 6 next-chunk sizes go through a 1-D
 convolution, flattened and projected. The return-to-go is a linear embedding of the scaled return, the action
 an embedding of the level index. A per-step timestep embedding (the chunk index, clamped) is added to each of
-the step's tokens, then a LayerNorm (as in the Decision Transformer) brings them to the scale the LLM expects: its
-gain starts at `token_rms`, the RMS of the backbone's own input embeddings. A unit gain would hand the LLM
-tokens about 7x larger than any word it was pre-trained on (SmolLM2's embeddings have RMS ~0.14), which
-swamps the pre-trained attention and gave the pre-trained backbone larger gradients and worse policies than a
-randomly initialised one.
+the step's tokens, then a LayerNorm (as in the Decision Transformer) brings them to the scale the LLM expects:
+its gain starts at `token_rms`, the RMS of the backbone's own input embeddings. A unit gain hands the LLM
+tokens about 7x larger than any word it was pre-trained on (SmolLM2's embeddings have RMS ~0.14); with it, the
+pre-trained backbone trained worse than a randomly initialised one.
 
 Inputs are OBS_DIM rows in physical units (see `abr_features`); the normalisation here is fixed:
 bitrates and throughputs are divided by the ladder's top bitrate, the buffer by 10 s, download times by the

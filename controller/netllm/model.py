@@ -40,8 +40,8 @@ class NetLLMConfig:
     max_timestep: int = 128
     """Rows of the timestep embedding; larger chunk indices are clamped to the last row."""
     token_rms: float = 0.0
-    """Initial gain of the encoder's output LayerNorm (the RMS of its tokens); 0 = measure the RMS of the
-    backbone's input embeddings when the model is built, so tokens start at the scale the LLM was trained on."""
+    """Initial gain of the encoder's output LayerNorm (the RMS of its tokens); 0 = measure the RMS of
+    the backbone's input embeddings when the model is built, so tokens start at the scale the LLM knows."""
     return_scale: float = 50.0
     """R_t in tokens = (sum of future per-chunk QoE) / return_scale; 48 chunks of ~1 QoE give ~1."""
     finetune: str = "lora"
