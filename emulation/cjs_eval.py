@@ -191,6 +191,8 @@ def _check(cfg: Config) -> dict[str, dict]:
         JobCatalog(cfg.tpch_dir)
     except JobDataError as exc:
         raise CommandError(str(exc)) from None
+    if "netllm-cjs" in cfg.policies:  # its return-to-go target is per job: scale it to this episode's length
+        options.setdefault("netllm-cjs", {}).setdefault("episode_jobs", cfg.jobs)
     for name in cfg.policies:  # build each once here: a missing or bad checkpoint is a user error, not a crash
         try:
             policy_class(name)(**options.get(name, {}))

@@ -215,3 +215,21 @@ async def test_served_over_http_matches_local(tmp_path: Path, catalog: JobCatalo
             answer = await resp.json()
     assert answer["stage"] == {"job_id": expected[0].job_id, "stage_id": expected[0].stage_id}
     assert answer["parallelism_limit"] == expected[1] and answer["policy"] == "netllm-cjs"
+
+
+def test_cjs_eval_scales_the_return_target_to_the_episode(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint's target is per job; an evaluation of N-job episodes must ask for N times it."""
+    from emulation.cjs_eval import Config as EvalConfig
+    from emulation.cjs_eval import _check
+
+    model, info = tiny_model(4)
+    save_netllm_cjs(model, tmp_path / "ckpt", info, "bfloat16", {"target_return_per_job_s": -40.0,
+                                                                 "episode_jobs": 5})
+    monkeypatch.setenv("NETLLM_CJS_CHECKPOINT", str(tmp_path / "ckpt"))
+    options = _check(EvalConfig(out=tmp_path / "out", policies=["fair", "netllm-cjs"], jobs=12))
+    assert options["netllm-cjs"]["episode_jobs"] == 12
+    assert NetLLMCjsPolicy(**options["netllm-cjs"]).target_return_s == pytest.approx(-40.0 * 12)
+    kept = _check(EvalConfig(out=tmp_path / "out", policies=["netllm-cjs"], jobs=12,
+                             policy_options='{"netllm-cjs": {"episode_jobs": 7}}'))
+    assert kept["netllm-cjs"]["episode_jobs"] == 7
