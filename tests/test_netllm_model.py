@@ -50,6 +50,18 @@ def test_token_layout_constants() -> None:
     assert TOKENS_PER_STEP == 8 and LAST_STATE_TOKEN == 6
 
 
+def test_tokens_start_at_the_backbones_embedding_scale(batch) -> None:
+    from controller.netllm.model import embedding_rms
+
+    model, _ = tiny_model()
+    rms = embedding_rms(model.backbone)
+    assert 0.005 < rms < 0.1 and model.cfg.token_rms == pytest.approx(rms)  # recorded for the checkpoint
+    with torch.no_grad():
+        tokens = model.encoder(batch["returns"], batch["states"], batch["actions"], batch["timesteps"])
+    # LayerNorm output has unit RMS per token before the gain; the gain brings it to the embeddings' RMS.
+    assert float(tokens.pow(2).mean().sqrt()) == pytest.approx(rms, rel=0.05)
+
+
 def test_lora_trains_only_adapters_encoder_and_head() -> None:
     model, _ = tiny_model(finetune="lora")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

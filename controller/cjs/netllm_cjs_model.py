@@ -64,6 +64,9 @@ class NetLLMCjsConfig:
     window: int = 4
     """Decisions of context."""
     return_scale_s: float = 1000.0
+    token_rms: float = 0.0
+    """Initial gain of the token LayerNorm; 0 = the RMS of the backbone's input embeddings, measured when the
+    model is built (see controller.netllm.abr_encoder: tokens start at the scale the LLM knows)."""
     head_width: int = 64
     """The LLM hidden state is projected to this width before the heads."""
     finetune: str = "lora"
@@ -96,6 +99,11 @@ class NetLLMCjs(nn.Module):
         self.act_proj = nn.Linear(nw + jw + 1, h)
         self.type_emb = nn.Embedding(TOKENS_PER_STEP, h)
         self.token_norm = nn.LayerNorm(h)
+        if cfg.token_rms <= 0.0:
+            from controller.netllm.model import embedding_rms
+
+            cfg.token_rms = embedding_rms(backbone)
+        nn.init.constant_(self.token_norm.weight, cfg.token_rms)
         self.down = nn.Linear(h, cfg.head_width)
         self.stage_head = mlp(cfg.head_width + nw + jw + gw, cfg.hidden * 2, 1)
         self.limit_head = mlp(cfg.head_width + jw + gw + 1, cfg.hidden * 2, 1)
