@@ -25,7 +25,8 @@ link:
   matching cap is 60 s - chunk duration (56 s) with a 0.02 s drain step (`--sim-buffer-cap-s` overrides).
 `--spread-seeds K` adds a third simulator, live timing plus the measured spread of request gaps and transfer
 times (`measured_live_timing(spread=True)`), run with K seeds: its mean, and whether live falls inside the
-seeds' 10-90 % QoE range.
+seeds' 10-90 % QoE range. `--live-repeats R` runs R live sessions per (trace, policy) and prints their
+spread and their mean against the simulator: the live testbed is not deterministic either.
 Not modelled (expected sources of disagreement): TCP slow start after idle periods and per-request HTTP
 headers, TCP loss recovery when a long transfer fills the shaper's queue, the live buffer being measured by
 the media element rather than computed.
@@ -158,6 +159,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also simulate with the measured spread of request gaps and transfer times "
                         "(measured_live_timing(spread=True)) over this many seeds and compare live with "
                         "their mean and 10-90 %% range (0: off)")
+    p.add_argument("--live-repeats", type=int, default=1,
+                   help="live sessions per (trace, policy): the live testbed's own run-to-run spread; "
+                        "repeat k > 1 lives in live-<policy>-r<k> and is labelled <trace>#k")
     p.add_argument("--rtt-ms", type=float, default=80.0, help="round-trip time of the live link and the sim")
     p.add_argument("--out", type=Path, default=Path("runs/sim-vs-live"), help="output folder")
     p.add_argument("--reuse-live", action="store_true",
@@ -353,6 +357,36 @@ def print_aggregates(aggs: dict[str, dict[str, dict[str, Any]]]) -> None:
                   f"{a['sessions_meeting_targets']}/{a['sessions']}")
 
 
+def repeat_spread(rows: Sequence[dict[str, PolicyComparison]], timing: str) -> list[dict[str, Any]]:
+    """Per (trace, policy) with several live sessions: their QoEs, and their mean against the simulator."""
+    groups: dict[tuple[str, str], list[PolicyComparison]] = {}
+    for r in rows:
+        c = r[timing]
+        groups.setdefault((c.trace.split("#")[0], c.policy), []).append(c)
+    out = []
+    for (trace, policy), comps in groups.items():
+        if len(comps) < 2:
+            continue
+        live = [c.live_mean_qoe for c in comps]
+        sim = comps[0].sim_mean_qoe
+        out.append({"trace": trace, "policy": policy, "timing": timing, "live_qoes": live,
+                    "live_mean_qoe": _mean(live), "live_range_rel": (max(live) - min(live)) / abs(_mean(live)),
+                    "sim_mean_qoe": sim, "live_mean_vs_sim_rel": (_mean(live) - sim) / abs(sim)})
+    return out
+
+
+def print_repeat_spread(spreads: Sequence[dict[str, Any]]) -> None:
+    if not spreads:
+        return
+    print(f"\n{'repeated live sessions':34s} {'policy':10s} {'timing':8s} {'live QoEs':>24s} "
+          f"{'range':>6s} {'mean':>6s} {'sim':>6s} {'mean vs sim':>11s}")
+    for x in spreads:
+        qoes = ", ".join(f"{q:.3f}" for q in x["live_qoes"])
+        print(f"{_short(x['trace']):34s} {x['policy']:10s} {x['timing']:8s} {qoes:>24s} "
+              f"{x['live_range_rel']:6.1%} {x['live_mean_qoe']:6.3f} {x['sim_mean_qoe']:6.3f} "
+              f"{x['live_mean_vs_sim_rel']:+11.1%}")
+
+
 def _clean(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _clean(v) for k, v in x.items()}
@@ -376,11 +410,12 @@ def compare_trace(trace_path: Path, folder: Path, policies: Sequence[str], confi
     trace = read_trace(trace_path)
     video = load_video(args.video)
     results = []
-    for policy in policies:
-        live_dir = folder / f"live-{policy}"
+    for policy, repeat in [(p, r) for p in policies for r in range(1, args.live_repeats + 1)]:
+        live_dir = folder / (f"live-{policy}" if repeat == 1 else f"live-{policy}-r{repeat}")
+        label = trace_path.name if repeat == 1 else f"{trace_path.name}#{repeat}"
         run_live(policy, trace_path, args, live_dir)
         if not (live_dir / "chunks.csv").exists():
-            print(f"{trace_path.name} {policy}: no live session", file=sys.stderr)
+            print(f"{label} {policy}: no live session", file=sys.stderr)
             continue
         rows = sorted(read_chunk_log(live_dir / "chunks.csv"), key=lambda r: r["chunk_index"])
         if not rows:
@@ -390,13 +425,13 @@ def compare_trace(trace_path: Path, folder: Path, policies: Sequence[str], confi
         by_timing = {}
         for timing, cfg in configs.items():
             if timing == SPREAD:
-                by_timing[timing] = compare_spread(trace_path.name, rows, policy, trace, video, cfg,
+                by_timing[timing] = compare_spread(label, rows, policy, trace, video, cfg,
                                                    args.spread_seeds, live_summary)
                 continue
             sim = run_sim(policy, trace, video, cfg)
-            suffix = "" if timing == "live" else f"-{timing}"
+            suffix = ("" if timing == "live" else f"-{timing}") + ("" if repeat == 1 else f"-r{repeat}")
             write_side_by_side(rows, sim, folder / f"compare-{policy}{suffix}.csv")
-            by_timing[timing] = compare(trace_path.name, timing, rows, sim, live_summary)
+            by_timing[timing] = compare(label, timing, rows, sim, live_summary)
         results.append(by_timing)
     return results
 
@@ -434,11 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups["all"] = rows
     aggs = {g: {t: aggregate([r[t] for r in rs]) for t in timings} for g, rs in groups.items() if rs}
     print_aggregates(aggs)
+    spreads = [x for t in timings for x in repeat_spread(rows, t)]
+    print_repeat_spread(spreads)
     write_sessions_csv(comps, out / "sessions.csv")
     summary = {"video": str(args.video), "rtt_ms": args.rtt_ms, "sim_payload_fraction": payload_factor(),
                "live_timing": asdict(live_timing), "targets": {"abs_qoe_rel_diff_max": QOE_TARGET_REL,
                                                               "same_quality_frac_min": SAME_QUALITY_TARGET},
-               "spread_seeds": args.spread_seeds,
+               "spread_seeds": args.spread_seeds, "live_repeats": args.live_repeats,
+               "repeated_live": [_clean(x) for x in spreads],
                "sessions": [{**_clean(asdict(c)), "meets_targets": c.meets_targets,
                              "live_in_sim_band": c.live_in_sim_band} for c in comps],
                "aggregate": _clean(aggs)}
