@@ -369,9 +369,10 @@ def repeat_spread(rows: Sequence[dict[str, PolicyComparison]], timing: str) -> l
             continue
         live = [c.live_mean_qoe for c in comps]
         sim = comps[0].sim_mean_qoe
+        mean = _mean(live)
         out.append({"trace": trace, "policy": policy, "timing": timing, "live_qoes": live,
-                    "live_mean_qoe": _mean(live), "live_range_rel": (max(live) - min(live)) / abs(_mean(live)),
-                    "sim_mean_qoe": sim, "live_mean_vs_sim_rel": (_mean(live) - sim) / abs(sim)})
+                    "live_mean_qoe": mean, "live_range_rel": (max(live) - min(live)) / abs(mean),
+                    "sim_mean_qoe": sim, "live_mean_vs_sim_rel": (mean - sim) / abs(sim)})
     return out
 
 
