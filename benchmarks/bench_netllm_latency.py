@@ -69,7 +69,9 @@ def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return model, {"backbone": info.to_json(), "load_s": time.perf_counter() - started}
 
 
-def time_scheme(model: Any, mode: str, sessions: list[list[AbrObservation]], gap_s: float) -> list[float]:
+def time_scheme(model: Any, mode: str, sessions: list[list[AbrObservation]], gap_s: float,
+                decisions: list[int] | None = None) -> list[float]:
+    """Latency (ms) of every decision; the levels chosen are appended to `decisions` when given."""
     import torch
 
     from controller.policies.netllm_policy import NetLLMPolicy
@@ -81,13 +83,23 @@ def time_scheme(model: Any, mode: str, sessions: list[list[AbrObservation]], gap
         policy.reset()
         for obs in session:
             started = time.perf_counter()
-            policy.select_quality(obs)
+            level = policy.select_quality(obs)
             if cuda:
                 torch.cuda.synchronize()
             latencies.append((time.perf_counter() - started) * 1000.0)
+            if decisions is not None:
+                decisions.append(level)
             if gap_s > 0:
                 time.sleep(gap_s)
     return latencies
+
+
+def int8_agreement(reference: Any, sessions: list[list[AbrObservation]], int8_levels: list[int]) -> float:
+    """Share of the int8 model's decisions that the unquantised `reference` takes on the same observations:
+    quantisation changes hidden states, and what matters is whether it changes answers."""
+    levels: list[int] = []
+    time_scheme(reference, "kv", sessions, 0.0, levels)
+    return float(np.mean(np.asarray(levels) == np.asarray(int8_levels)))
 
 
 def stats(ms: list[float]) -> dict[str, float]:
@@ -118,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, meta = build_model(args)
+    reference = None
     if args.quantize == "int8":
+        import copy
+
         from controller.netllm.inference import quantize_int8
 
+        reference = copy.deepcopy(model)
         model = quantize_int8(model)
     sessions = [session_observations(args.chunks, seed) for seed in range(args.sessions)]
     time_scheme(model, "kv", [sessions[0][:3]], 0.0)  # warm-up (allocator, kernels)
@@ -128,12 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
         "quantize": args.quantize, "window": model.cfg.window,
         "backbone": meta.get("backbone", meta.get("backbone_loaded")), "schemes": {}}
+    levels: dict[str, list[int]] = {}
     for scheme in args.schemes.split(","):
         mode, gap = ("kv", args.gap_ms / 1000.0) if scheme == "kv-paced" else (scheme, 0.0)
-        s = stats(time_scheme(model, mode, sessions, gap))
+        s = stats(time_scheme(model, mode, sessions, gap, levels.setdefault(scheme, [])))
         results["schemes"][scheme] = s
         print(f"{scheme:>10}: p50 {s['p50_ms']:8.1f} ms   p99 {s['p99_ms']:8.1f} ms   "
               f"mean {s['mean_ms']:8.1f} ms   ({s['decisions']} decisions)", flush=True)
+    kv_levels = levels.get("kv") or levels.get("kv-paced")
+    if reference is not None and kv_levels:
+        results["int8_decision_agreement"] = int8_agreement(reference, sessions, kv_levels)
+        print(f"int8 vs unquantised: {results['int8_decision_agreement']:.1%} of kv decisions identical")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
