@@ -32,25 +32,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from netllm.abr_state import AbrObservation  # noqa: E402
-
-LADDER = [300.0, 750.0, 1200.0, 1850.0, 2850.0, 4300.0]
-
-
-def session_observations(chunks: int, seed: int) -> list[AbrObservation]:
-    """Plausible observations of one session: log-normal throughputs, a buffer that moves, growing stalls."""
-    rng = np.random.default_rng(seed)
-    obs, tput, dtime, buffer_s, rebuf, last = [], [], [], 4.0, 0.0, 1
-    for c in range(1, chunks + 1):
-        tput.append(float(rng.lognormal(np.log(1500), 0.6)))
-        dtime.append(float(4.0 * LADDER[last] / tput[-1]))
-        buffer_s = float(np.clip(buffer_s + 4.0 - dtime[-1], 0, 60))
-        rebuf += float(max(0.0, dtime[-1] - buffer_s - 4.0))
-        sizes = [[int(b * 500 * rng.uniform(0.85, 1.15)) for b in LADDER]]
-        obs.append(AbrObservation(c, chunks + 1, last, buffer_s, tput[-8:], dtime[-8:], sizes, LADDER, rebuf))
-        last = int(rng.integers(6))
-    return obs
-
+from controller.netllm.quantize import synthetic_session  # noqa: E402
 
 def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from controller.netllm.backbone import BackboneSpec, load_backbone
@@ -69,7 +51,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return model, {"backbone": info.to_json(), "load_s": time.perf_counter() - started}
 
 
-def time_scheme(model: Any, mode: str, sessions: list[list[AbrObservation]], gap_s: float,
+def time_scheme(model: Any, mode: str, sessions: list[list[Any]], gap_s: float,
                 decisions: list[int] | None = None) -> list[float]:
     """Latency (ms) of every decision; the levels chosen are appended to `decisions` when given."""
     import torch
@@ -94,7 +76,7 @@ def time_scheme(model: Any, mode: str, sessions: list[list[AbrObservation]], gap
     return latencies
 
 
-def int8_agreement(reference: Any, sessions: list[list[AbrObservation]], int8_levels: list[int]) -> float:
+def int8_agreement(reference: Any, sessions: list[list[Any]], int8_levels: list[int]) -> float:
     """Share of the int8 model's decisions that the unquantised `reference` takes on the same observations:
     quantisation changes hidden states, and what matters is whether it changes answers."""
     levels: list[int] = []
@@ -116,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="time a trained checkpoint instead of an untrained model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
-    parser.add_argument("--quantize", default="none", help="none or int8 (CPU serving option)")
+    parser.add_argument("--quantize", default="none",
+                        help="none, int8 or int8-full (CPU serving schemes of controller.netllm.quantize)")
+    parser.add_argument("--smooth-alpha", type=float, default=None,
+                        help="int8 activation smoothing strength (default: the serving default; 0: off)")
     parser.add_argument("--window", type=int, default=20, help="context steps (ignored with --checkpoint)")
     parser.add_argument("--sessions", type=int, default=3)
     parser.add_argument("--chunks", type=int, default=47, help="decisions per session")
@@ -131,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, meta = build_model(args)
     reference = None
-    if args.quantize == "int8":
+    if args.quantize != "none":
         import copy
 
-        from controller.netllm.inference import quantize_int8
+        from controller.netllm.quantize import SCHEMES, quantize_int8
 
         reference = copy.deepcopy(model)
-        model = quantize_int8(model)
-    sessions = [session_observations(args.chunks, seed) for seed in range(args.sessions)]
+        alpha = {} if args.smooth_alpha is None else {"smooth_alpha": args.smooth_alpha}
+        model = quantize_int8(model, keep_float=SCHEMES[args.quantize], **alpha)
+    sessions = [synthetic_session(args.chunks, seed) for seed in range(args.sessions)]
     time_scheme(model, "kv", [sessions[0][:3]], 0.0)  # warm-up (allocator, kernels)
     results: dict[str, Any] = {
         "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),

@@ -155,11 +155,13 @@ def test_int8_serving_quantises_the_body_and_stays_close(ckpt: Path) -> None:
     fp32 = NetLLMPolicy(checkpoint=ckpt)
     int8 = NetLLMPolicy(checkpoint=ckpt, quantize="int8")
     assert int8.model is not fp32.model
-    body = list(int8.model.backbone.modules())
-    assert not any(type(m) is torch.nn.Linear for m in body)
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in body)
+    body = list(int8.model.backbone.named_modules())
+    assert all(name.endswith("down_proj") for name, m in body if type(m) is torch.nn.Linear)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for _, m in body)
     features = observation_features(observation(3, last_quality=2, tput=[900.0, 2500.0]))
     a = fp32._window.decide(1.0, features, 3)
     b = int8._window.decide(1.0, features, 3)
     torch.testing.assert_close(a, b, rtol=0.1, atol=0.1)
     assert 0 <= int8.select_quality(observation(4)) < 6
+    with pytest.raises(ValueError, match="int8-full"):
+        NetLLMPolicy(checkpoint=ckpt, quantize="int4")

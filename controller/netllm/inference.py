@@ -148,21 +148,3 @@ class DecisionWindow:
             pending, self._pending = self._pending, None
             self._cache, self._cache_steps = pending.result()
 
-
-def quantize_int8(model: NetLLMAbr) -> NetLLMAbr:
-    """CPU serving: the body's linear layers as dynamically quantised int8 (weights int8 per tensor,
-    activations quantised on the fly). A decision reads a quarter of the bytes of float32 weights, which is
-    what a few-token forward pass on a CPU is bound by. Encoder and head stay float32. LoRA must be merged
-    first; the model can no longer be trained."""
-    import warnings
-
-    if hasattr(model.backbone, "peft_config"):
-        raise ValueError("merge the LoRA adapter (merge_lora=True) before quantising")
-    if next(model.parameters()).device.type != "cpu":
-        raise ValueError("int8 dynamic quantisation is a CPU serving option")
-    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        model.backbone = torch.ao.quantization.quantize_dynamic(model.backbone, {torch.nn.Linear},
-                                                                dtype=torch.qint8)
-    model._body_dtype = torch.float32
-    return model

@@ -14,8 +14,9 @@ Options (constructor keywords, e.g. `--policy-options '{"checkpoint": "runs/abr/
 - `temperature`, `seed`: sampling only.
 - `backbone_path`: where a checkpoint trained on a local model folder finds it on this machine (default: the
   path recorded at training; its fingerprint must match).
-- `quantize`: none (default) or int8: dynamic int8 quantisation of the body's linear layers for CPU serving
-  (about 1.7x faster decisions with SmolLM2 on 2 cores; decisions may differ slightly from float32).
+- `quantize`: none (default), int8 or int8-full: smoothed dynamic int8 linear layers in the body for CPU
+  serving (controller.netllm.quantize). int8 keeps the MLP down-projections in float32 and kept the
+  validation QoE; int8-full quantises them too: faster, but it lost validation QoE.
 
 Return-to-go bookkeeping: after each chunk the return-to-go drops by that chunk's QoE term (netllm.qoe). The
 policy computes it from two consecutive observations: the chunk's level is the new `last_quality`, the
@@ -56,16 +57,18 @@ def shared_model(checkpoint: Path, device: str = "auto", quantize: str = "none",
                  backbone_path: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Load a checkpoint once per process (LoRA merged into the body for serving) and share it."""
     from controller.netllm.checkpoint import load_checkpoint
-    from controller.netllm.inference import quantize_int8
+    from controller.netllm.quantize import SCHEMES, quantize_int8
 
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"quantize {quantize!r}: use none or int8")
+    if quantize != "none" and quantize not in SCHEMES:
+        raise ValueError(f"quantize {quantize!r}: use none, {' or '.join(SCHEMES)}")
     key = (str(Path(checkpoint).resolve()), device, quantize, backbone_path or "")
     with _MODELS_LOCK:
         if key not in _MODELS:
             model, doc = load_checkpoint(Path(checkpoint), device=device, merge_lora=True,
                                          backbone_path=backbone_path)
-            _MODELS[key] = (quantize_int8(model) if quantize == "int8" else model), doc
+            if quantize != "none":
+                model = quantize_int8(model, keep_float=SCHEMES[quantize])
+            _MODELS[key] = model, doc
         return _MODELS[key]
 
 

@@ -1,0 +1,100 @@
+"""int8 CPU serving: activation smoothing keeps the float model's outputs, moves activation outliers into the
+weights, and makes int8 logits closer to float32 than plain dynamic int8 when a channel is an outlier."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from controller.netllm.checkpoint import load_checkpoint
+from controller.netllm.quantize import (SCHEMES, calibration_windows, input_channel_max, quantize_int8,
+                                        smooth_activations, synthetic_session)
+from tests.test_netllm_support import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory) -> torch.nn.Module:
+    ckpt = tiny_checkpoint(tmp_path_factory.mktemp("quant") / "tiny")
+    model, _ = load_checkpoint(Path(ckpt), device="cpu", merge_lora=True)
+    return model.eval()
+
+
+def with_outlier(model: torch.nn.Module, channel: int = 5, factor: float = 300.0) -> torch.nn.Module:
+    """A copy whose first layer feeds q/k/v and gate/up one input channel `factor` times the others, as the
+    massive activations of pre-trained LLMs do."""
+    out = copy.deepcopy(model)
+    layer = out.backbone.layers[0]
+    with torch.no_grad():
+        layer.input_layernorm.weight[channel] *= factor
+        layer.post_attention_layernorm.weight[channel] *= factor
+    return out
+
+
+def logits(model: torch.nn.Module, windows: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(*windows)
+
+
+def test_synthetic_sessions_are_deterministic_and_valid() -> None:
+    a, b = synthetic_session(10, 3), synthetic_session(10, 3)
+    assert [o.buffer_s for o in a] == [o.buffer_s for o in b]
+    assert all(0 <= o.last_quality < 6 and o.chunks_remaining > 0 for o in a)
+    assert [o.buffer_s for o in synthetic_session(10, 4)] != [o.buffer_s for o in a]
+
+
+def test_smoothing_keeps_the_float_outputs_and_changes_the_weights(merged) -> None:
+    model = with_outlier(merged)
+    windows = calibration_windows(model)
+    before = logits(model, windows)
+    smoothed = copy.deepcopy(model)
+    assert smooth_activations(smoothed, input_channel_max(smoothed, windows)) == len(model.backbone.layers)
+    torch.testing.assert_close(logits(smoothed, windows), before, rtol=1e-4, atol=1e-4)
+    q0, q1 = model.backbone.layers[0].self_attn.q_proj.weight, smoothed.backbone.layers[0].self_attn.q_proj.weight
+    assert not torch.allclose(q0, q1)
+
+
+def test_smoothing_flattens_an_outlier_channel(merged) -> None:
+    model = with_outlier(merged)
+    windows = calibration_windows(model)
+
+    def outlier_ratio(m: torch.nn.Module) -> float:
+        x = input_channel_max(m, windows)["layers.0.self_attn.q_proj"]
+        return float(x.max() / x.median())
+
+    before = outlier_ratio(model)
+    smooth_activations(model, input_channel_max(model, windows))
+    assert before > 50
+    assert outlier_ratio(model) < before / 5
+
+
+def test_smoothed_int8_is_closer_to_float32_than_plain_int8(merged) -> None:
+    model = with_outlier(merged)
+    windows = calibration_windows(model, sessions=3, seed=7)  # not the calibration sessions
+    reference = logits(model, windows)
+    plain = logits(quantize_int8(copy.deepcopy(model), smooth_alpha=0.0, keep_float=()), windows)
+    smoothed = logits(quantize_int8(copy.deepcopy(model), keep_float=()), windows)
+    err_plain = float((plain - reference).abs().mean())
+    err_smoothed = float((smoothed - reference).abs().mean())
+    assert err_smoothed < 0.5 * err_plain
+
+
+def test_schemes_choose_which_layers_stay_float(merged) -> None:
+    def float_linears(scheme: str) -> set[str]:
+        model = quantize_int8(copy.deepcopy(merged), keep_float=SCHEMES[scheme])
+        return {name.rsplit(".", 1)[-1] for name, m in model.backbone.named_modules()
+                if type(m) is torch.nn.Linear}
+
+    assert float_linears("int8") == {"down_proj"}
+    assert float_linears("int8-full") == set()
+
+
+def test_quantize_refuses_what_it_cannot_serve(merged, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="smooth_alpha"):
+        quantize_int8(copy.deepcopy(merged), smooth_alpha=1.5)
+    ckpt = tiny_checkpoint(tmp_path / "lora")
+    unmerged, _ = load_checkpoint(ckpt, device="cpu", merge_lora=False)
+    with pytest.raises(ValueError, match="merge the LoRA adapter"):
+        quantize_int8(unmerged)
