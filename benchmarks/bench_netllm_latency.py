@@ -7,6 +7,7 @@ serving. Three schemes are timed:
 - kv: incremental decoding, decisions back to back (a decision that follows a window refresh waits for it);
 - kv-paced: the same with `--gap-ms` between decisions, as in a live session where a chunk downloads between
   two requests (the refresh runs in that gap).
+kv decoding of Llama bodies goes through controller.netllm.llama_decode unless `--transformers-forward`.
 
     .venv/bin/python benchmarks/bench_netllm_latency.py                      # SmolLM2, CPU, untrained weights
     .venv/bin/python benchmarks/bench_netllm_latency.py --checkpoint models/netllm-abr-smollm2
@@ -52,13 +53,13 @@ def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def time_scheme(model: Any, mode: str, sessions: list[list[Any]], gap_s: float,
-                decisions: list[int] | None = None) -> list[float]:
+                decisions: list[int] | None = None, lean: bool = True) -> list[float]:
     """Latency (ms) of every decision; the levels chosen are appended to `decisions` when given."""
     import torch
 
     from controller.policies.netllm_policy import NetLLMPolicy
 
-    policy = NetLLMPolicy.from_model(model, inference=mode)
+    policy = NetLLMPolicy.from_model(model, inference=mode, lean=lean)
     cuda = next(model.parameters()).device.type == "cuda"
     latencies = []
     for session in sessions:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
     parser.add_argument("--quantize", default="none",
-                        help="none, int8 or int8-full (CPU serving schemes of controller.netllm.quantize)")
+                        help="none or a CPU serving scheme of controller.netllm.quantize (int8, int8-full, ...)")
     parser.add_argument("--smooth-alpha", type=float, default=None,
                         help="int8 activation smoothing strength (default: the serving default; 0: off)")
     parser.add_argument("--window", type=int, default=20, help="context steps (ignored with --checkpoint)")
@@ -108,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=300.0, help="pause between decisions for kv-paced")
     parser.add_argument("--schemes", default="recompute,kv,kv-paced")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--transformers-forward", action="store_true",
+                        help="kv schemes through transformers' generic forward instead of the lean Llama decoder")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    lean = not args.transformers_forward
     import torch
 
     if args.threads > 0:
@@ -119,21 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.quantize != "none":
         import copy
 
+        import dataclasses
+
         from controller.netllm.quantize import SCHEMES, quantize_int8
 
         reference = copy.deepcopy(model)
-        alpha = {} if args.smooth_alpha is None else {"smooth_alpha": args.smooth_alpha}
-        model = quantize_int8(model, keep_float=SCHEMES[args.quantize], **alpha)
+        quant = SCHEMES[args.quantize]
+        if args.smooth_alpha is not None:
+            quant = dataclasses.replace(quant, smooth_alpha=args.smooth_alpha)
+        model = quantize_int8(model, quant)
     sessions = [synthetic_session(args.chunks, seed) for seed in range(args.sessions)]
-    time_scheme(model, "kv", [sessions[0][:3]], 0.0)  # warm-up (allocator, kernels)
+    time_scheme(model, "kv", [sessions[0][:3]], 0.0, lean=lean)  # warm-up (allocator, kernels)
     results: dict[str, Any] = {
         "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
-        "quantize": args.quantize, "window": model.cfg.window,
+        "quantize": args.quantize, "window": model.cfg.window, "lean_decoder": lean,
         "backbone": meta.get("backbone", meta.get("backbone_loaded")), "schemes": {}}
     levels: dict[str, list[int]] = {}
     for scheme in args.schemes.split(","):
         mode, gap = ("kv", args.gap_ms / 1000.0) if scheme == "kv-paced" else (scheme, 0.0)
-        s = stats(time_scheme(model, mode, sessions, gap, levels.setdefault(scheme, [])))
+        s = stats(time_scheme(model, mode, sessions, gap, levels.setdefault(scheme, []), lean))
         results["schemes"][scheme] = s
         print(f"{scheme:>10}: p50 {s['p50_ms']:8.1f} ms   p99 {s['p99_ms']:8.1f} ms   "
               f"mean {s['mean_ms']:8.1f} ms   ({s['decisions']} decisions)", flush=True)

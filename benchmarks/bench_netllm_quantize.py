@@ -3,17 +3,24 @@
 Each scheme serves the same checkpoint (LoRA merged) as the `netllm` policy in the chunk-level simulator over
 the validation split (traces.splits `valid`, never a test split), greedy, at the checkpoint's serving target:
 - none: float32, the reference;
-- int8: smoothed activations, dynamic int8 linear layers except the MLP down-projections (the `int8` option);
-- int8-full: the same with the down-projections in int8 too;
-- int8-plain: dynamic int8 everywhere without smoothing (what the `int8` option did before smoothing);
+- int8: smoothed activations, dynamic int8 linear layers, the MLP down-projections in float32;
+- int8-split: the same with the down-projections int8 too, except their outlier input channels;
+- int8-full: smoothed, every linear layer int8;
+- int8-plain: dynamic int8 everywhere without smoothing;
 - noise-1pct (with --noise-control): float32 with 1 % Gaussian noise on the body's weights, to show how
   sensitive the policy itself is to small weight changes.
 
     .venv/bin/python benchmarks/bench_netllm_quantize.py --checkpoint models/netllm-abr-smollm2 \
         --out runs/quantize --threads 1
 
-Prints per scheme the mean QoE, the share of sessions whose QoE moved, and the wall time per decision (the
-simulator's share of it is negligible); writes JSON (per-session QoE included) with --out.
+Two measures per scheme, because they answer different questions:
+- closed loop: mean QoE of the sessions, the share of sessions whose QoE moved, and the wall time per decision
+  (the simulator's share of it is negligible). One changed decision changes every later observation, so a
+  few percent of flipped decisions move the mean a long way in either direction (see noise-1pct);
+- teacher-forced (low noise): robustMPC plays the same validation sessions; every scheme scores the levels of
+  each step of those episodes (20-step windows, return-to-go from the episode), and we report the mean KL
+  divergence from float32's level distribution and the share of steps where the greedy level is float32's.
+Writes JSON (per-session QoE included) with --out.
 """
 
 from __future__ import annotations
@@ -32,19 +39,17 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-SCHEMES = ("none", "int8", "int8-full", "int8-plain")
+SCHEMES = ("none", "int8", "int8-split", "int8-full", "int8-plain")
 
 
 def build(base: Any, scheme: str) -> Any:
     import torch
 
-    from controller.netllm.quantize import SCHEMES as KEEP, quantize_int8
+    from controller.netllm.quantize import SCHEMES as INT8, quantize_int8
 
     model = copy.deepcopy(base)
-    if scheme == "int8-plain":
-        return quantize_int8(model, smooth_alpha=0.0, keep_float=())
-    if scheme in KEEP:
-        return quantize_int8(model, keep_float=KEEP[scheme])
+    if scheme in INT8:
+        return quantize_int8(model, scheme)
     if scheme == "noise-1pct":
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -65,6 +70,40 @@ def evaluate(model: Any, serving: dict[str, Any], sessions: list[Any], video: An
         scores.append(result.mean_qoe)
         decisions += len(result.qualities) - 1
     return np.asarray(scores), (time.perf_counter() - started) / max(decisions, 1)
+
+
+def teacher_forced_batch(sessions: list[Any], video: Any, model: Any) -> dict[str, Any]:
+    """Every 20-step window of robustMPC's episodes on `sessions`, as model inputs and a mask."""
+    import torch
+
+    from training.collect import collect_pool
+    from training.pool import WindowSampler, iter_windows
+
+    pool, _ = collect_pool(sessions, ["robustmpc"], video, noise=False)
+    spans = list(iter_windows(pool.episode_bounds(), model.cfg.window))
+    batch = {k: torch.from_numpy(v) for k, v in
+             WindowSampler(pool, model.cfg.window, model.cfg.return_scale).gather(spans).items()}
+    batch["timesteps"] = batch["timesteps"].clamp_max(model.cfg.max_timestep - 1)
+    return batch
+
+
+def level_log_probs(model: Any, batch: dict[str, Any], micro_batch: int = 8) -> Any:
+    import torch
+
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(batch["mask"]), micro_batch):
+            part = {k: v[i:i + micro_batch] for k, v in batch.items()}
+            logits = model(part["returns"], part["states"], part["actions"], part["timesteps"])
+            parts.append(logits[part["mask"]].log_softmax(-1))
+    return torch.cat(parts)
+
+
+def fidelity(reference: Any, candidate: Any) -> dict[str, float]:
+    """Mean KL(reference || candidate) per step and the share of steps with the same greedy level."""
+    kl = (reference.exp() * (reference - candidate)).sum(-1).mean()
+    same = (reference.argmax(-1) == candidate.argmax(-1)).float().mean()
+    return {"teacher_forced_kl": float(kl), "teacher_forced_same_level": float(same)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,16 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     video = load_sim_video(None)
     results: dict[str, Any] = {"checkpoint": args.checkpoint, "sessions": len(sessions),
                                "threads": torch.get_num_threads(), "schemes": {}}
+    batch = teacher_forced_batch(sessions, video, base)
+    reference_lp = level_log_probs(base.eval(), batch)
+    results["teacher_forced_steps"] = int(batch["mask"].sum())
     reference: np.ndarray | None = None
     for scheme in schemes:
-        scores, s_per_decision = evaluate(build(base, scheme), doc.get("serving", {}), sessions, video)
+        model = build(base, scheme)
+        close = fidelity(reference_lp, level_log_probs(model, batch))
+        scores, s_per_decision = evaluate(model, doc.get("serving", {}), sessions, video)
         reference = scores if reference is None else reference
         moved = float(np.mean(np.abs(scores - reference) > 1e-9))
         results["schemes"][scheme] = {"mean_qoe": float(scores.mean()), "sessions_changed": moved,
-                                      "ms_per_decision": s_per_decision * 1000.0,
+                                      "ms_per_decision": s_per_decision * 1000.0, **close,
                                       "session_qoe": scores.round(6).tolist()}
         print(f"{scheme:>11}: validation QoE {scores.mean():7.4f}   sessions changed {moved:6.1%}   "
-              f"{s_per_decision * 1000.0:6.1f} ms/decision", flush=True)
+              f"{s_per_decision * 1000.0:6.1f} ms/decision   teacher-forced KL "
+              f"{close['teacher_forced_kl']:.4f}, same level {close['teacher_forced_same_level']:6.1%}", flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "quantize.json").write_text(json.dumps(results, indent=2) + "\n")

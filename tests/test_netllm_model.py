@@ -94,11 +94,12 @@ def test_full_and_frozen_modes() -> None:
     assert all(n.startswith(("encoder.", "head.")) for n, p in frozen.named_parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("background", [False, True])
-def test_kv_cache_decisions_equal_full_recompute_of_the_same_context(background: bool) -> None:
+@pytest.mark.parametrize("background,lean", [(False, True), (True, True), (False, False)])
+def test_kv_cache_decisions_equal_full_recompute_of_the_same_context(background: bool, lean: bool) -> None:
     model, _ = tiny_model(window=6)
     model.eval()
-    kv = DecisionWindow(model, mode="kv", background=background)
+    kv = DecisionWindow(model, mode="kv", background=background, lean=lean)
+    assert (kv._decoder is not None) == lean  # the tiny body is a Llama: the lean decoder serves it
     rng = np.random.default_rng(0)
     steps: list[tuple[float, np.ndarray, int, int]] = []
     contexts = set()

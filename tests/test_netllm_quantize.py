@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from controller.netllm.checkpoint import load_checkpoint
-from controller.netllm.quantize import (SCHEMES, calibration_windows, input_channel_max, quantize_int8,
-                                        smooth_activations, synthetic_session)
+from controller.netllm.quantize import (OutlierSplitLinear, QuantScheme, calibration_windows,
+                                        input_channel_max, quantize_int8, smooth_activations,
+                                        split_down_proj_outliers, synthetic_session)
 from tests.test_netllm_support import tiny_checkpoint
 
 
@@ -74,26 +75,67 @@ def test_smoothed_int8_is_closer_to_float32_than_plain_int8(merged) -> None:
     model = with_outlier(merged)
     windows = calibration_windows(model, sessions=3, seed=7)  # not the calibration sessions
     reference = logits(model, windows)
-    plain = logits(quantize_int8(copy.deepcopy(model), smooth_alpha=0.0, keep_float=()), windows)
-    smoothed = logits(quantize_int8(copy.deepcopy(model), keep_float=()), windows)
+    plain = logits(quantize_int8(copy.deepcopy(model), "int8-plain"), windows)
+    smoothed = logits(quantize_int8(copy.deepcopy(model), "int8-full"), windows)
     err_plain = float((plain - reference).abs().mean())
     err_smoothed = float((smoothed - reference).abs().mean())
     assert err_smoothed < 0.5 * err_plain
 
 
+def with_down_proj_outlier(model: torch.nn.Module, channel: int = 7, factor: float = 300.0) -> torch.nn.Module:
+    """A copy whose every layer feeds down_proj one input channel `factor` times the others."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in out.backbone.layers:
+            layer.mlp.up_proj.weight[channel] *= factor
+            layer.mlp.down_proj.weight[:, channel] /= factor
+    return out
+
+
+def test_outlier_split_computes_the_same_float_outputs_and_finds_the_outlier(merged) -> None:
+    model = with_down_proj_outlier(merged)
+    windows = calibration_windows(model)
+    before = logits(model, windows)
+    split = copy.deepcopy(model)
+    assert split_down_proj_outliers(split, input_channel_max(split, windows)) >= len(split.backbone.layers)
+    mlp = split.backbone.layers[0].mlp
+    assert isinstance(mlp.down_proj, OutlierSplitLinear)
+    # the planted channel (its up_proj row scaled 300x) was moved among the trailing, float32 ones
+    row_norms = mlp.up_proj.weight.norm(dim=1)
+    assert int(row_norms.argmax()) >= mlp.down_proj.inliers
+    torch.testing.assert_close(logits(split, windows), before, rtol=1e-4, atol=1e-4)
+
+
+def test_outlier_split_int8_is_closer_to_float32_than_int8_everywhere(merged) -> None:
+    model = with_down_proj_outlier(merged)
+    windows = calibration_windows(model, sessions=3, seed=7)
+    reference = logits(model, windows)
+    no_smooth = QuantScheme(smooth_alpha=0.0)
+    full = logits(quantize_int8(copy.deepcopy(model), no_smooth), windows)
+    split = logits(quantize_int8(copy.deepcopy(model), QuantScheme(smooth_alpha=0.0, split_down_proj=True)), windows)
+    err_full = float((full - reference).abs().mean())
+    err_split = float((split - reference).abs().mean())
+    assert err_split < 0.5 * err_full
+
+
 def test_schemes_choose_which_layers_stay_float(merged) -> None:
     def float_linears(scheme: str) -> set[str]:
-        model = quantize_int8(copy.deepcopy(merged), keep_float=SCHEMES[scheme])
+        model = quantize_int8(copy.deepcopy(merged), scheme)
         return {name.rsplit(".", 1)[-1] for name, m in model.backbone.named_modules()
-                if type(m) is torch.nn.Linear}
+                if type(m) is torch.nn.Linear or isinstance(m, OutlierSplitLinear)}
 
     assert float_linears("int8") == {"down_proj"}
+    assert float_linears("int8-split") == {"down_proj"}  # its outlier channels only
     assert float_linears("int8-full") == set()
+    split = quantize_int8(copy.deepcopy(merged), "int8-split").backbone.layers[0].mlp.down_proj
+    assert type(split.inlier) is not torch.nn.Linear  # its inlier channels are int8
 
 
 def test_quantize_refuses_what_it_cannot_serve(merged, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="smooth_alpha"):
-        quantize_int8(copy.deepcopy(merged), smooth_alpha=1.5)
+        quantize_int8(copy.deepcopy(merged), QuantScheme(smooth_alpha=1.5))
+    with pytest.raises(ValueError, match="int8-full"):
+        quantize_int8(copy.deepcopy(merged), "int4")
     ckpt = tiny_checkpoint(tmp_path / "lora")
     unmerged, _ = load_checkpoint(ckpt, device="cpu", merge_lora=False)
     with pytest.raises(ValueError, match="merge the LoRA adapter"):

@@ -11,6 +11,10 @@
   of context (training windows cover 1..window), and no decision pays for the re-encoding unless the next
   request comes before it finished (then that decision waits for it).
 
+Llama-architecture bodies (SmolLM2, Llama 2) run through `LlamaDecoder` (controller.netllm.llama_decode: the
+same math with a preallocated cache and less per-op overhead); others through transformers' forward with a
+`DynamicCache`.
+
 Cache invariant: the cache always ends with the last state token of the latest decided step; that step's
 action token is fed at the beginning of the next decision.
 """
@@ -26,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from controller.netllm.abr_encoder import TOKENS_PER_STEP
+from controller.netllm.llama_decode import LlamaDecoder
 from controller.netllm.model import NetLLMAbr
 
 MODES = ("kv", "recompute")
@@ -55,7 +61,8 @@ class DecisionWindow:
     """The context window of one session; `decide` scores the levels, `commit` records the action taken."""
 
     def __init__(self, model: NetLLMAbr, mode: str = "kv", window: int | None = None,
-                 refresh_steps: int | None = None, background: bool = True) -> None:
+                 refresh_steps: int | None = None, background: bool = True, lean: bool = True) -> None:
+        """`lean`: decode Llama bodies with `LlamaDecoder` (False: always transformers' forward)."""
         if mode not in MODES:
             raise ValueError(f"inference mode {mode!r}: use one of {MODES}")
         self.model = model
@@ -66,6 +73,8 @@ class DecisionWindow:
             raise ValueError("refresh_steps must be in [1, window)")
         self.background = background
         self._device = next(model.parameters()).device
+        self._decoder = LlamaDecoder(model.backbone, self.window * TOKENS_PER_STEP) \
+            if lean and LlamaDecoder.supports(model.backbone) else None
         self._steps: deque[Step] = deque(maxlen=self.window)
         self._cache: Any = None
         self._cache_steps = 0
@@ -118,16 +127,23 @@ class DecisionWindow:
         return self.model(*self._tensors(list(self._steps)))[0, -1]
 
     def _new_cache(self) -> Any:
+        if self._decoder is not None:
+            return self._decoder.new_cache()
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.backbone.config)
+
+    def _body(self, tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        if self._decoder is not None:
+            return self._decoder(tokens, cache).float(), cache
+        return self.model.body(tokens, cache=cache)
 
     def _encode_fresh(self, steps: list[Step]) -> tuple[Any, int]:
         """A cache holding `steps` in full, minus the last step's action token."""
         with torch.inference_mode():
             tokens = self.model.encoder(*self._tensors(steps))
             flat = tokens.reshape(1, -1, tokens.shape[-1])[:, :-1]
-            _, cache = self.model.body(flat, cache=self._new_cache())
+            _, cache = self._body(flat, self._new_cache())
         return cache, len(steps)
 
     def _extend(self, step: Step) -> torch.Tensor:
@@ -139,7 +155,7 @@ class DecisionWindow:
             None if prev is None else torch.tensor(prev.action, device=dev),
             None if prev is None else torch.tensor(prev.timestep, device=dev))
         cache = self._new_cache() if self._cache is None else self._cache
-        hidden, self._cache = self.model.body(tokens, cache=cache)
+        hidden, self._cache = self._body(tokens, cache)
         self._cache_steps += 1
         return self.model.logits_from_hidden(hidden)[0]
 

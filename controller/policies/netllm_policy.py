@@ -14,9 +14,9 @@ Options (constructor keywords, e.g. `--policy-options '{"checkpoint": "runs/abr/
 - `temperature`, `seed`: sampling only.
 - `backbone_path`: where a checkpoint trained on a local model folder finds it on this machine (default: the
   path recorded at training; its fingerprint must match).
-- `quantize`: none (default), int8 or int8-full: smoothed dynamic int8 linear layers in the body for CPU
-  serving (controller.netllm.quantize). int8 keeps the MLP down-projections in float32 and kept the
-  validation QoE; int8-full quantises them too: faster, but it lost validation QoE.
+- `quantize`: none (default) or a CPU serving scheme of controller.netllm.quantize: int8 (smoothed dynamic
+  int8 linear layers, the MLP down-projections in float32), int8-split (down-projections int8 too except
+  their outlier input channels: faster, less faithful), int8-full, int8-plain (no smoothing).
 
 Return-to-go bookkeeping: after each chunk the return-to-go drops by that chunk's QoE term (netllm.qoe). The
 policy computes it from two consecutive observations: the chunk's level is the new `last_quality`, the
@@ -60,14 +60,14 @@ def shared_model(checkpoint: Path, device: str = "auto", quantize: str = "none",
     from controller.netllm.quantize import SCHEMES, quantize_int8
 
     if quantize != "none" and quantize not in SCHEMES:
-        raise ValueError(f"quantize {quantize!r}: use none, {' or '.join(SCHEMES)}")
+        raise ValueError(f"quantize {quantize!r}: use none, {', '.join(SCHEMES)}")
     key = (str(Path(checkpoint).resolve()), device, quantize, backbone_path or "")
     with _MODELS_LOCK:
         if key not in _MODELS:
             model, doc = load_checkpoint(Path(checkpoint), device=device, merge_lora=True,
                                          backbone_path=backbone_path)
             if quantize != "none":
-                model = quantize_int8(model, keep_float=SCHEMES[quantize])
+                model = quantize_int8(model, quantize)
             _MODELS[key] = model, doc
         return _MODELS[key]
 
@@ -89,14 +89,15 @@ class NetLLMPolicy(AbrPolicy):
     @classmethod
     def from_model(cls, model: Any, serving: dict[str, Any] | None = None, target_return: float | None = None,
                    sample: bool = False, seed: int = 0, temperature: float = 1.0,
-                   inference: str = "kv") -> "NetLLMPolicy":
-        """A policy around an in-memory model (validation during training, tests)."""
+                   inference: str = "kv", lean: bool = True) -> "NetLLMPolicy":
+        """A policy around an in-memory model (validation during training, tests, benchmarks; `lean`: see
+        controller.netllm.inference.DecisionWindow)."""
         policy = cls.__new__(cls)
-        policy._setup(model, serving or {}, sample, target_return, seed, temperature, inference)
+        policy._setup(model, serving or {}, sample, target_return, seed, temperature, inference, lean)
         return policy
 
     def _setup(self, model: Any, serving: dict[str, Any], sample: bool, target_return: float | None,
-               seed: int, temperature: float, inference: str) -> None:
+               seed: int, temperature: float, inference: str, lean: bool = True) -> None:
         import torch
 
         from controller.netllm.inference import DecisionWindow
@@ -114,7 +115,7 @@ class NetLLMPolicy(AbrPolicy):
         self.temperature = float(temperature)
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._window = DecisionWindow(model, mode=inference)
+        self._window = DecisionWindow(model, mode=inference, lean=lean)
         self._prev_features: np.ndarray | None = None
         self._prev_chunk = -1
         self._session = ""

@@ -1,0 +1,130 @@
+"""Lean incremental decoding of a Llama-architecture body, for serving decisions.
+
+A decision feeds ~8 tokens through the body. With transformers' generic `LlamaModel.forward` about half of a
+CPU decision went to Python and small-op overhead around the matmuls (mask building, cache bookkeeping, rotary
+position ids, grouped-query `repeat_kv` copies). This module runs the same layers' weights with the same math:
+- a preallocated key/value cache per session (no concatenation per step);
+- rotary cos/sin tables computed once, by the body's own rotary module (so every static RoPE variant of the
+  config is honoured);
+- grouped-query attention without copying keys/values: the query heads that share a key/value head are
+  stacked along the sequence axis and attend to that head's keys with one causal mask.
+It calls the body's own linear modules, so LoRA-merged, int8-quantised (controller.netllm.quantize) and
+outlier-split layers work unchanged. `LlamaDecoder.supports` says which bodies qualify; others keep the
+transformers path (controller.netllm.inference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far: (layers, kv_heads, capacity, head_dim) each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: int = 0
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in float32, scale in the input dtype (one fused op in float32)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaDecoder:
+    """Runs a Llama body (`LlamaModel`: layers, norm, rotary_emb) over new tokens on top of a `KVCache`."""
+
+    def __init__(self, body: nn.Module, capacity: int) -> None:
+        if not self.supports(body):
+            raise ValueError("LlamaDecoder needs a Llama-architecture body without sliding-window attention")
+        cfg = body.config
+        self.body = body
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
+        self.capacity = capacity
+        param = next(body.parameters())
+        self._device = param.device
+        self._dtype = body.norm.weight.dtype
+        self._cos, self._sin = self._rotary_tables(capacity)
+
+    @staticmethod
+    def supports(body: nn.Module) -> bool:
+        cfg = getattr(body, "config", None)
+        layers = getattr(body, "layers", None)
+        return (cfg is not None and getattr(cfg, "model_type", "") == "llama" and layers is not None
+                and hasattr(body, "norm") and hasattr(body, "rotary_emb")
+                and all(hasattr(layer, p) for layer in layers for p in _LAYER_PARTS)
+                and not getattr(cfg, "sliding_window", None))
+
+    def _rotary_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.arange(positions, device=self._device).unsqueeze(0)
+        probe = torch.zeros(1, device=self._device, dtype=self._dtype)
+        cos, sin = self.body.rotary_emb(probe, ids)
+        return cos[0], sin[0]  # (positions, head_dim)
+
+    def new_cache(self) -> KVCache:
+        shape = (len(self.body.layers), self.kv_heads, self.capacity, self.head_dim)
+        return KVCache(torch.empty(shape, device=self._device, dtype=self._dtype),
+                       torch.empty(shape, device=self._device, dtype=self._dtype))
+
+    def _grow(self, cache: KVCache, needed: int) -> None:
+        """Room for `needed` tokens (a caller feeding more than the window it announced)."""
+        capacity = max(needed, 2 * cache.keys.shape[2])
+        pad = capacity - cache.keys.shape[2]
+        cache.keys = F.pad(cache.keys, (0, 0, 0, pad))
+        cache.values = F.pad(cache.values, (0, 0, 0, pad))
+        if capacity > self._cos.shape[0]:
+            self._cos, self._sin = self._rotary_tables(capacity)
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Final hidden states (1, n, width) of `tokens` (1, n, width); appends their keys/values to `cache`."""
+        if tokens.dim() != 3 or tokens.shape[0] != 1:
+            raise ValueError("LlamaDecoder decodes one sequence: tokens must be (1, n, width)")
+        n, start = tokens.shape[1], cache.length
+        end = start + n
+        if end > cache.keys.shape[2]:
+            self._grow(cache, end)
+        cos, sin = self._cos[start:end], self._sin[start:end]
+        # Query row g*n + t (query head g of a key/value group, token t) sees keys 0 .. start + t.
+        group = self.heads // self.kv_heads
+        # An additive float mask: a boolean one sends SDPA through extra checks and conversions per call.
+        allowed = torch.ones(n, end, dtype=torch.bool, device=tokens.device).tril(start)
+        mask = torch.zeros(n, end, dtype=self._dtype, device=tokens.device).masked_fill_(~allowed, float("-inf"))
+        mask = mask.repeat(group, 1)
+        x = tokens[0].to(self._dtype)
+        for i, layer in enumerate(self.body.layers):
+            attn = layer.self_attn
+            h = _rms_norm(x, layer.input_layernorm)
+            q = attn.q_proj(h).view(n, self.heads, self.head_dim).transpose(0, 1)
+            k = attn.k_proj(h).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            v = attn.v_proj(h).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            cache.keys[i, :, start:end] = _rotate(k, cos, sin)
+            cache.values[i, :, start:end] = v
+            q = _rotate(q, cos, sin).reshape(self.kv_heads, group * n, self.head_dim)
+            out = F.scaled_dot_product_attention(q, cache.keys[i, :, :end], cache.values[i, :, :end],
+                                                 attn_mask=mask, scale=attn.scaling)
+            out = out.view(self.heads, n, self.head_dim).transpose(0, 1).reshape(n, -1)
+            x = x + attn.o_proj(out)
+            h = _rms_norm(x, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+        cache.length = end
+        return _rms_norm(x, self.body.norm).unsqueeze(0)
