@@ -140,3 +140,24 @@ def test_quantize_refuses_what_it_cannot_serve(merged, tmp_path: Path) -> None:
     unmerged, _ = load_checkpoint(ckpt, device="cpu", merge_lora=False)
     with pytest.raises(ValueError, match="merge the LoRA adapter"):
         quantize_int8(unmerged)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int8-split", "int8-full"])
+def test_fused_projections_compute_what_the_separate_int8_layers_do(merged, monkeypatch, scheme: str) -> None:
+    import controller.netllm.quantize as quantize
+    from controller.netllm.llama_decode import LlamaDecoder
+
+    windows = calibration_windows(merged, sessions=2, seed=11)
+    fused = quantize_int8(copy.deepcopy(merged), scheme)
+    monkeypatch.setattr(quantize, "fuse_projections", lambda model: 0)
+    separate = quantize_int8(copy.deepcopy(merged), scheme)
+    layer = fused.backbone.layers[0]
+    assert isinstance(layer.self_attn.q_proj, quantize.OutputSlice) and hasattr(layer.mlp, "gate_up_proj")
+    assert not hasattr(separate.backbone.layers[0].self_attn, "qkv_proj")
+    # transformers' forward (through the slices) and the lean decoder (through the fused layers)
+    torch.testing.assert_close(logits(fused, windows), logits(separate, windows), rtol=1e-5, atol=1e-5)
+    tokens = torch.randn(1, 9, merged.cfg.hidden_size, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        out = [LlamaDecoder(m.backbone, 16)(tokens, LlamaDecoder(m.backbone, 16).new_cache())
+               for m in (fused, separate)]
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)

@@ -9,8 +9,9 @@ position ids, grouped-query `repeat_kv` copies). This module runs the same layer
 - grouped-query attention without copying keys/values: the query heads that share a key/value head are
   stacked along the sequence axis and attend to that head's keys with one causal mask.
 It calls the body's own linear modules, so LoRA-merged, int8-quantised (controller.netllm.quantize) and
-outlier-split layers work unchanged. `LlamaDecoder.supports` says which bodies qualify; others keep the
-transformers path (controller.netllm.inference).
+outlier-split layers work unchanged; fused q/k/v and gate/up projections are used when a layer has them.
+`LlamaDecoder.supports` says which bodies qualify; others keep the transformers path
+(controller.netllm.inference).
 """
 
 from __future__ import annotations
@@ -94,6 +95,15 @@ class LlamaDecoder:
         if capacity > self._cos.shape[0]:
             self._cos, self._sin = self._rotary_tables(capacity)
 
+    def _qkv(self, attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries, keys, values: one matmul when the layer has a fused `qkv_proj` (controller.netllm.quantize
+        .fuse_projections), else three."""
+        fused = getattr(attn, "qkv_proj", None)
+        if fused is None:
+            return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        kv_width = self.kv_heads * self.head_dim
+        return fused(h).split((self.heads * self.head_dim, kv_width, kv_width), -1)
+
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Final hidden states (1, n, width) of `tokens` (1, n, width); appends their keys/values to `cache`."""
         if tokens.dim() != 3 or tokens.shape[0] != 1:
@@ -113,9 +123,10 @@ class LlamaDecoder:
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
             h = _rms_norm(x, layer.input_layernorm)
-            q = attn.q_proj(h).view(n, self.heads, self.head_dim).transpose(0, 1)
-            k = attn.k_proj(h).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
-            v = attn.v_proj(h).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            q, k, v = self._qkv(attn, h)
+            q = q.view(n, self.heads, self.head_dim).transpose(0, 1)
+            k = k.view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            v = v.view(n, self.kv_heads, self.head_dim).transpose(0, 1)
             cache.keys[i, :, start:end] = _rotate(k, cos, sin)
             cache.values[i, :, start:end] = v
             q = _rotate(q, cos, sin).reshape(self.kv_heads, group * n, self.head_dim)
@@ -125,6 +136,8 @@ class LlamaDecoder:
             x = x + attn.o_proj(out)
             h = _rms_norm(x, layer.post_attention_layernorm)
             mlp = layer.mlp
-            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+            gate_up = getattr(mlp, "gate_up_proj", None)
+            gate, up = gate_up(h).chunk(2, -1) if gate_up is not None else (mlp.gate_proj(h), mlp.up_proj(h))
+            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
         cache.length = end
         return _rms_norm(x, self.body.norm).unsqueeze(0)

@@ -227,6 +227,65 @@ def split_down_proj_outliers(model: NetLLMAbr, x_max: dict[str, torch.Tensor],
     return found
 
 
+class OutputSlice(nn.Module):
+    """Output channels start..stop of a fused layer: keeps q/k/v (gate/up) callable by name for transformers'
+    forward after `fuse_projections`, which computes the fused layer once per part there (LlamaDecoder, the
+    serving path, calls the fused layer once)."""
+
+    def __init__(self, fused: nn.Module, start: int, stop: int) -> None:
+        super().__init__()
+        self.fused, self.start, self.stop = fused, start, stop
+        self.out_features = stop - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)[..., self.start:self.stop]
+
+
+def _concat_dynamic_int8(parts: list[nn.Module]) -> nn.Module:
+    """One dynamic int8 linear layer whose outputs are the parts' outputs concatenated. Weights are int8 per
+    output channel, so stacking their integers and scales is exact; the activation scale, one per input tensor,
+    is the same for parts that share an input."""
+    weights = [p.weight() for p in parts]
+    int_repr = torch.cat([w.int_repr() for w in weights])
+    scales = torch.cat([w.q_per_channel_scales() for w in weights])
+    zero_points = torch.cat([w.q_per_channel_zero_points() for w in weights])
+    biases = [p.bias() for p in parts]
+    bias = None if all(b is None for b in biases) else torch.cat(
+        [b if b is not None else torch.zeros(p.out_features) for b, p in zip(biases, parts)])
+    fused = torch.ao.nn.quantized.dynamic.Linear(int_repr.shape[1], int_repr.shape[0], dtype=torch.qint8)
+    fused.set_weight_bias(torch._make_per_channel_quantized_tensor(int_repr, scales, zero_points, 0), bias)
+    return fused
+
+
+@torch.no_grad()
+def fuse_projections(model: NetLLMAbr) -> int:
+    """Give every Llama layer whose q/k/v and gate/up projections are all dynamic int8 a fused `qkv_proj` and
+    `gate_up_proj`, and make the parts `OutputSlice`s of them; returns the layers fused. Same outputs (same
+    activation scale, same integer weights), fewer calls: fbgemm re-quantises and re-packs the activations on
+    every call, which for ~8 tokens costs about as much as the matmul (576->960: ~50 us once vs ~105 us in
+    three calls here), so `LlamaDecoder` runs two calls where it ran five."""
+    layers = getattr(model.backbone, "layers", None)
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    if layers is None or not all(_is_llama_layer(layer) for layer in layers):
+        return 0
+    fused_layers = 0
+    for layer in layers:
+        groups = ((layer.self_attn, ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
+                  (layer.mlp, ("gate_proj", "up_proj"), "gate_up_proj"))
+        if not all(isinstance(getattr(parent, n), dynamic) for parent, names, _ in groups for n in names):
+            continue
+        for parent, names, fused_name in groups:
+            parts = [getattr(parent, n) for n in names]
+            fused = _concat_dynamic_int8(parts)
+            setattr(parent, fused_name, fused)
+            start = 0
+            for name, part in zip(names, parts):
+                setattr(parent, name, OutputSlice(fused, start, start + part.out_features))
+                start += part.out_features
+        fused_layers += 1
+    return fused_layers
+
+
 def quantize_int8(model: NetLLMAbr, scheme: QuantScheme | str = "int8") -> NetLLMAbr:
     """CPU serving: smooth the body's activations, split the down-projections' outlier channels if asked, then
     make its linear layers dynamic int8 (weights per output channel, activations quantised on the fly), except
@@ -242,6 +301,9 @@ def quantize_int8(model: NetLLMAbr, scheme: QuantScheme | str = "int8") -> NetLL
     | int8-split | 0.0140            | 94.4 %            | 0.300                | 56              |
     | int8-full  | 0.0233            | 92.2 %            | 0.295                | 57              |
     | int8-plain | 0.2023            | 72.3 %            | 0.248                | 51              |
+
+    (Timed before `fuse_projections`, which computes the same outputs ~7 % faster: int8-split 46.6 against
+    50.1 ms per decoder call, interleaved in one process, 1 thread.)
 
     The closed-loop QoE is noisy: a changed decision changes every later observation. 1 % Gaussian noise on
     the body's weights (KL 0.0009, 98.8 % same level) dropped it to 0.211, and `int8` scored 0.207 or 0.359
@@ -273,5 +335,6 @@ def quantize_int8(model: NetLLMAbr, scheme: QuantScheme | str = "int8") -> NetLL
         spec = {name: per_channel_dynamic_qconfig for name, m in model.backbone.named_modules()
                 if isinstance(m, nn.Linear) and not name.endswith(tuple(scheme.keep_float))}
         model.backbone = torch.ao.quantization.quantize_dynamic(model.backbone, spec, dtype=torch.qint8)
+        fuse_projections(model)
     model._body_dtype = torch.float32
     return model
