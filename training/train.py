@@ -159,12 +159,26 @@ def simulate_mean_qoe(model: Any, sessions: list[Any], video: Any, target_per_ch
     from controller.policies.netllm_policy import NetLLMPolicy
     from emulation.abr_sim import SimConfig, simulate_session
 
-    model.eval()
-    policy = NetLLMPolicy.from_model(model, target_return=target_per_chunk)
+    was_training = model.training
+    policy = NetLLMPolicy.from_model(_serving_copy(model), target_return=target_per_chunk)
     scores = [simulate_session(policy, s.trace, video, start_index=s.start_index, config=SimConfig()).mean_qoe
               for s in sessions]
-    model.train()
+    model.train(was_training)
     return float(np.mean(scores))
+
+
+def _serving_copy(model: Any) -> Any:
+    """The model as it is served: with the LoRA adapter folded into a copy of the body (so the lean Llama
+    decoder runs it instead of peft's slower unmerged forward), in eval mode, without gradients."""
+    import copy
+
+    model.eval()
+    if not hasattr(model.backbone, "merge_and_unload"):  # already merged, or trained without LoRA
+        return model
+    served = copy.deepcopy(model)
+    served.backbone = served.backbone.merge_and_unload()
+    served.requires_grad_(False)
+    return served
 
 
 def _target(pool: Any, quantile: float) -> float:
