@@ -134,6 +134,16 @@ def test_resume_reproduces_an_uninterrupted_run(pool_dir: Path, tmp_path: Path) 
             assert torch.equal(ta[key], tb[key]), (name, key)
 
 
+def test_resume_with_other_batch_sizes_keeps_running_totals(pool_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(pool_dir, out, "--optimizer-steps", "4", "--eval-every", "2", "--stop-after-steps", "2") == 0
+    # resumed with 1 micro-batch of 8 per step instead of 3 of 4 (as when a run moves to a GPU)
+    assert _train(pool_dir, out, "--optimizer-steps", "4", "--eval-every", "2", "--resume",
+                  "--micro-batch-size", "8", "--grad-accum", "1") == 0
+    totals = [(int(r["micro_batches"]), int(r["samples"])) for r in _rows(out / "loss.csv")]
+    assert totals == [(3, 12), (6, 24), (7, 32), (8, 40)]
+
+
 def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -> None:
     """--select-by sim scores checkpoints on validation traces and picks the serving target there."""
     from traces.readers import write_cooked

@@ -297,10 +297,15 @@ def train(cfg: Config) -> dict[str, Any]:
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
     sampler = WindowSampler(train_pool, cfg.window, cfg.return_scale, seed=cfg.seed)
     schedule = LrSchedule(cfg.lr, cfg.warmup_steps, cfg.optimizer_steps, cfg.min_lr_ratio)
-    counters = {"step": 0, "best_score": -math.inf, "best_step": -1, "train_seconds": 0.0}
+    counters = {"step": 0, "micro_batches": 0, "samples": 0, "best_score": -math.inf, "best_step": -1,
+                "train_seconds": 0.0}
     if cfg.resume:
         load_weights(model, last)
-        counters.update(load_train_state(last, optimizer, sampler.rng))
+        resumed = load_train_state(last, optimizer, sampler.rng)
+        if "micro_batches" not in resumed:  # states written before these counters: assume this run's sizes
+            resumed["micro_batches"] = resumed["step"] * cfg.grad_accum
+            resumed["samples"] = resumed["micro_batches"] * cfg.micro_batch_size
+        counters.update(resumed)
     save_config(cfg, out)
     serving = _serving(train_pool, _target(train_pool, cfg.eval_target_quantile))
     log = CsvLog(out / "loss.csv", LOSS_COLUMNS, resume_after_step=counters["step"] if cfg.resume else None)
@@ -315,11 +320,14 @@ def train(cfg: Config) -> dict[str, Any]:
         loss, grad_norm = accumulated_step(micro, model.loss, optimizer, params, schedule.lr(step),
                                            cfg.clip_grad_norm)
         counters["step"] = step = step + 1
+        # running totals, not step x sizes: a resumed run may change the batch size
+        counters["micro_batches"] += cfg.grad_accum
+        counters["samples"] += cfg.grad_accum * cfg.micro_batch_size
         counters["train_seconds"] = time.monotonic() - started
         time_up = cfg.max_minutes > 0 and counters["train_seconds"] > cfg.max_minutes * 60
         stopping = time_up or step >= stop_at
-        row: dict[str, Any] = {"step": step, "micro_batches": step * cfg.grad_accum,
-                               "samples": step * cfg.grad_accum * cfg.micro_batch_size, "loss": loss,
+        row: dict[str, Any] = {"step": step, "micro_batches": counters["micro_batches"],
+                               "samples": counters["samples"], "loss": loss,
                                "lr": schedule.lr(step - 1), "grad_norm": grad_norm,
                                "elapsed_s": counters["train_seconds"]}
         if step % cfg.eval_every == 0 or step == cfg.optimizer_steps or stopping:
