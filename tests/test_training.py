@@ -144,6 +144,27 @@ def test_resume_with_other_batch_sizes_keeps_running_totals(pool_dir: Path, tmp_
     assert totals == [(3, 12), (6, 24), (7, 32), (8, 40)]
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoint(pool_dir: Path, tmp_path: Path, capsys) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _train(pool_dir, first, "--optimizer-steps", "3", "--eval-every", "3") == 0
+    # with a zero learning rate the new run's weights stay exactly the checkpoint's
+    assert _train(pool_dir, second, "--optimizer-steps", "2", "--eval-every", "2", "--lr", "0",
+                  "--init-from", str(first / "last")) == 0
+    for name in ("adapter_model.safetensors", "netllm_modules.safetensors"):
+        ta, tb = load_file(str(first / "last" / name)), load_file(str(second / "last" / name))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+    assert [r["step"] for r in _rows(second / "loss.csv")] == ["1", "2"]  # fresh counters
+    assert json.loads((second / "config.json").read_text())["init_from"] == str(first / "last")
+    # a checkpoint of another backbone is refused, naming both
+    config = first / "last" / "netllm_config.json"
+    doc = json.loads(config.read_text())
+    doc["backbone"]["sha256"] = "0" * 64
+    config.write_text(json.dumps(doc))
+    assert _train(pool_dir, tmp_path / "third", "--optimizer-steps", "1", "--init-from", str(first / "last")) == 2
+    assert "trained on backbone tiny (000000000000)" in capsys.readouterr().err
+    assert _train(pool_dir, second, "--optimizer-steps", "1", "--resume", "--init-from", str(first / "last")) == 2
+
+
 def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -> None:
     """--select-by sim scores checkpoints on validation traces and picks the serving target there."""
     from traces.readers import write_cooked

@@ -85,6 +85,9 @@ class Config:
     stop_after_steps: int = arg(0, help="stop this invocation after N more optimizer steps, saving last/ for "
                                         "--resume (0: run to --optimizer-steps)")
     resume: bool = arg(False, help="continue from OUT/last (model, optimizer, sampler and RNG state)")
+    init_from: Path | None = arg(None, help="start a new run from this checkpoint's trained weights (a run's "
+                                            "best/ or last/, or a shipped model; same backbone and model "
+                                            "config), with a fresh optimizer, schedule and counters")
     select_only: bool = arg(False, help="train nothing: score OUT/best and OUT/last at every --target-quantiles "
                                         "target on validation and write the winner to OUT/selected")
 
@@ -117,6 +120,8 @@ def _check(cfg: Config) -> None:
     if cfg.select_by == "sim" and cfg.valid_trace_dir is None and cfg.valid_split not in ("valid", "train"):
         raise CommandError(f"--valid-split {cfg.valid_split!r}: select checkpoints on the valid split, "
                            "never on test traces")
+    if cfg.resume and cfg.init_from is not None:
+        raise CommandError("--init-from starts a new run from a checkpoint, --resume continues OUT: use one")
     if not all(0 <= q <= 1 for q in [*cfg.target_quantiles, cfg.eval_target_quantile]):
         raise CommandError("target quantiles must be in [0, 1]")
 
@@ -231,6 +236,21 @@ def _build(cfg: Config) -> tuple[Any, Any]:
     return model, info
 
 
+def _init_from(model: Any, info: Any, folder: Path) -> None:
+    """Load another checkpoint's adapter, encoder and head (fine-tuning it on a new pool, say)."""
+    from controller.netllm.checkpoint import CheckpointError, load_weights, read_checkpoint_config
+
+    try:
+        theirs = read_checkpoint_config(folder)["backbone"]
+        if theirs.get("sha256") != info.sha256:
+            raise CommandError(f"--init-from {folder}: trained on backbone {theirs.get('kind')} "
+                               f"({str(theirs.get('sha256'))[:12]}), this run uses {info.kind} "
+                               f"({info.sha256[:12]})")
+        load_weights(model, folder)
+    except (CheckpointError, RuntimeError, ValueError) as exc:
+        raise CommandError(f"--init-from {folder}: {exc}") from exc
+
+
 def _save(model: Any, folder: Path, info: Any, dtype: str, serving: dict[str, Any], step: int) -> None:
     from controller.netllm.checkpoint import save_checkpoint
 
@@ -299,6 +319,8 @@ def train(cfg: Config) -> dict[str, Any]:
     schedule = LrSchedule(cfg.lr, cfg.warmup_steps, cfg.optimizer_steps, cfg.min_lr_ratio)
     counters = {"step": 0, "micro_batches": 0, "samples": 0, "best_score": -math.inf, "best_step": -1,
                 "train_seconds": 0.0}
+    if cfg.init_from is not None:
+        _init_from(model, info, Path(cfg.init_from))
     if cfg.resume:
         load_weights(model, last)
         resumed = load_train_state(last, optimizer, sampler.rng)
