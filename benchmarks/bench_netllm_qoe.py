@@ -3,7 +3,8 @@
 For each split (default fcc-test, fcc-test-unseen, norway-test; see traces.splits) this runs `netllm sim`
 with NetLLM's protocol (traces in name order; fcc-test traces at the start indices of
 `<data>/abr/fcc-test-start-offsets.txt`, others at sample 1; video1; chunk 0 at quality 1; mean QoE over
-chunks 1..47 then over traces), the `netllm` policy reading `--checkpoint` (through $NETLLM_ABR_CHECKPOINT).
+chunks 1..47 then over traces), the `netllm` policy reading `--checkpoint` (through $NETLLM_ABR_CHECKPOINT)
+and served as `--quantize` says (through $NETLLM_ABR_QUANTIZE; default auto: int8-split on a CPU).
 Test splits are for this report only: checkpoints are selected on the validation split by `netllm train`.
 
     .venv/bin/python benchmarks/bench_netllm_qoe.py --checkpoint models/netllm-abr-smollm2 --out runs/qoe
@@ -59,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-traces", type=int, default=0, help="first N traces of each split (0: all)")
     parser.add_argument("--workers", type=int, default=1,
                         help="simulator worker processes (each loads the LLM)")
+    parser.add_argument("--quantize", default="auto",
+                        help="the netllm policy's quantize option (auto, none, int8, int8-split, ...)")
     parser.add_argument("--out", default="runs/bench-netllm-qoe")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "netllm_config.json").is_file():
         print(f"{args.checkpoint}: not a NetLLM checkpoint folder", file=sys.stderr)
         return 2
     os.environ["NETLLM_ABR_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
+    os.environ["NETLLM_ABR_QUANTIZE"] = args.quantize
     out = Path(args.out)
     table: dict[str, dict[str, float]] = {}
     for split in args.splits.split(","):
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'split':<18}" + "".join(f"{n:>15}" for n in names))
     for split, row in table.items():
         print(f"{split:<18}" + "".join(f"{row[n]:>15.4f}" for n in names))
-    doc = {"checkpoint": args.checkpoint, "max_traces": args.max_traces, "table": table}
+    doc = {"checkpoint": args.checkpoint, "quantize": args.quantize, "max_traces": args.max_traces,
+           "table": table}
     (out / "qoe_table.json").write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -64,6 +64,10 @@ class ControllerConfig:
     tasks: list[str] = arg(list(DEFAULT_TASKS),
                            help="task plug-ins to serve (names in controller.app.TASK_MODULES)")
     log_level: str = arg("info", help="logging level on stderr (debug, info, warning, error)")
+    torch_threads: int = arg(1, help="CPU threads of each torch-based decision (netllm policies; 0: "
+                                     "torch's default, one per core). A decision is a few tokens: on the "
+                                     "2-core test machine one thread decided faster than two and left a core "
+                                     "to the player")
 
     def parsed_policy_options(self) -> dict[str, Any]:
         if not self.policy_options.strip():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from controller.app import ControllerConfig
@@ -20,6 +21,15 @@ def _announce(url: str) -> None:
     print(f"controller {url}", flush=True)
 
 
+def limit_torch_threads(threads: int) -> None:
+    """Intra-op threads of this process's torch work. torch is imported only when a torch-based policy loads,
+    so the limit goes through the environment that it reads then (explicit OMP_NUM_THREADS wins)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
 def run(cfg: ControllerConfig) -> int:
     from controller.runner import serve_forever
     from netllm.cli import CommandError
@@ -29,6 +39,10 @@ def run(cfg: ControllerConfig) -> int:
         raise CommandError(f"--log-level must be one of debug, info, warning, error; got {cfg.log_level!r}")
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.torch_threads < 0:
+        raise CommandError("--torch-threads must be >= 0")
+    if cfg.torch_threads:
+        limit_torch_threads(cfg.torch_threads)
     try:
         asyncio.run(serve_forever(cfg, _announce))
     except (ValueError, TypeError) as exc:  # bad policy name/options, unknown task

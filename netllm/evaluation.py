@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
@@ -27,8 +28,9 @@ def map_units(run_unit: Callable[..., Any], units: Sequence[tuple], initializer:
             # "spawn": the parent may already have run torch (policy checks), and forking a process whose torch
             # thread pools are initialised can deadlock the children.
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer,
-                                     initargs=initargs) as pool:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_share_cores,
+                                     initargs=(threads, initializer, *initargs)) as pool:
                 futures = [pool.submit(run_unit, *unit) for unit in units]
                 for future in as_completed(futures):
                     results.append(future.result())
@@ -36,6 +38,14 @@ def map_units(run_unit: Callable[..., Any], units: Sequence[tuple], initializer:
     finally:
         bar.close()
     return results
+
+
+def _share_cores(threads: int, initializer: Callable[..., None], *initargs: Any) -> None:
+    """A pool worker's set-up: at most its share of the cores for torch's intra-op threads (torch-based
+    policies would otherwise start one thread per core in every worker and oversubscribe the machine), then
+    the harness's own initializer. An explicit OMP_NUM_THREADS wins."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    initializer(*initargs)
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:

@@ -4,6 +4,7 @@ errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -54,6 +55,20 @@ def test_start_up_errors_carry_the_message() -> None:
         launch_controller(policy="nope")
     with pytest.raises(ControllerLaunchError, match="could not be built"):
         launch_controller(policy="bba", extra_args=["--policy-options", '{"cushion_s": 0}'])
+
+
+def test_torch_threads_limit() -> None:
+    with pytest.raises(ControllerLaunchError, match="--torch-threads must be >= 0"):
+        launch_controller(policy="bba", extra_args=["--torch-threads", "-1"])
+    # torch is not imported when the controller starts; the limit must still hold once a policy imports it.
+    probe = ("import os, sys; os.environ.pop('OMP_NUM_THREADS', None); from controller.cli import "
+             "limit_torch_threads; limit_torch_threads(1); assert 'torch' not in sys.modules; import torch; "
+             "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 def test_port_in_use_is_a_clear_error() -> None:

@@ -94,8 +94,9 @@ def test_greedy_is_deterministic_and_sampling_is_seeded(ckpt: Path) -> None:
 
 
 def test_kv_and_recompute_serving_agree_within_the_window(ckpt: Path) -> None:
-    kv = NetLLMPolicy(checkpoint=ckpt, inference="kv")
-    full = NetLLMPolicy(checkpoint=ckpt, inference="recompute")
+    # float32: dynamic int8 picks one activation scale per call, and the two schemes batch tokens differently.
+    kv = NetLLMPolicy(checkpoint=ckpt, inference="kv", quantize="none")
+    full = NetLLMPolicy(checkpoint=ckpt, inference="recompute", quantize="none")
     for c in range(1, 7):  # up to the window (6): both see the same context
         obs = observation(c, last_quality=(c * 2) % 6, tput=[300.0 * c, 900.0])
         assert kv.select_quality(obs) == full.select_quality(obs)
@@ -152,7 +153,7 @@ def test_int8_serving_quantises_the_body_and_stays_close(ckpt: Path) -> None:
 
     from controller.netllm.abr_features import observation_features
 
-    fp32 = NetLLMPolicy(checkpoint=ckpt)
+    fp32 = NetLLMPolicy(checkpoint=ckpt, quantize="none")
     int8 = NetLLMPolicy(checkpoint=ckpt, quantize="int8")
     assert int8.model is not fp32.model
     body = list(int8.model.backbone.named_modules())
@@ -165,3 +166,20 @@ def test_int8_serving_quantises_the_body_and_stays_close(ckpt: Path) -> None:
     assert 0 <= int8.select_quality(observation(4)) < 6
     with pytest.raises(ValueError, match="int8-full"):
         NetLLMPolicy(checkpoint=ckpt, quantize="int4")
+
+
+def test_auto_quantisation_is_int8_split_on_cpu_only(ckpt: Path) -> None:
+    import torch
+
+    from controller.netllm.quantize import OutlierSplitLinear
+    from controller.policies.netllm_policy import AUTO_CPU_SCHEME, resolve_quantize
+
+    assert resolve_quantize("auto", "cpu") == AUTO_CPU_SCHEME == "int8-split"
+    assert resolve_quantize("auto", "cuda") == "none"
+    assert resolve_quantize("int8", "cpu") == "int8"
+    with pytest.raises(ValueError, match="use auto, none"):
+        resolve_quantize("fp8", "cpu")
+    default = NetLLMPolicy(checkpoint=ckpt, device="cpu")  # quantize defaults to auto
+    assert default.model is NetLLMPolicy(checkpoint=ckpt, device="cpu", quantize="int8-split").model
+    assert any(isinstance(m, OutlierSplitLinear) for m in default.model.backbone.modules())
+    assert not any(type(m) is torch.nn.Linear for m in default.model.backbone.modules())

@@ -292,18 +292,20 @@ def quantize_int8(model: NetLLMAbr, scheme: QuantScheme | str = "int8") -> NetLL
     `scheme.keep_float`. Encoder and head stay float32. LoRA must be merged first; the model can no longer be
     trained.
 
-    The shipped SmolLM2 policy on the 29 validation sessions (`benchmarks/bench_netllm_quantize.py`, 1 thread):
+    The shipped SmolLM2 policy on the 29 validation sessions (`benchmarks/bench_netllm_quantize.py`, 1
+    thread, 2026-11-28; int8-full and int8-plain are from an earlier checkpoint on a slower machine, when
+    float32 scored 0.349 at 118 ms per decision):
 
     | scheme     | teacher-forced KL | same greedy level | closed-loop mean QoE | ms per decision |
     |------------|-------------------|-------------------|----------------------|-----------------|
-    | float32    | 0                 | 100 %             | 0.349                | 118             |
-    | int8       | 0.0036            | 97.7 %            | 0.351                | 70              |
-    | int8-split | 0.0140            | 94.4 %            | 0.300                | 56              |
-    | int8-full  | 0.0233            | 92.2 %            | 0.295                | 57              |
-    | int8-plain | 0.2023            | 72.3 %            | 0.248                | 51              |
+    | float32    | 0                 | 100 %             | 0.543                | 65.2            |
+    | int8       | 0.0043            | 96.9 %            | 0.527                | 29.4            |
+    | int8-split | 0.0150            | 94.5 %            | 0.538                | 17.8            |
+    | int8-full  | 0.0233            | 92.2 %            | (0.295 vs 0.349)     | (57 vs 118)     |
+    | int8-plain | 0.2023            | 72.3 %            | (0.248 vs 0.349)     | (51 vs 118)     |
 
-    (Timed before `fuse_projections`, which computes the same outputs ~7 % faster: int8-split 46.6 against
-    50.1 ms per decoder call, interleaved in one process, 1 thread.)
+    (The earlier checkpoint's rows were timed before `fuse_projections`, which computes the same outputs ~7 %
+    faster: int8-split 46.6 against 50.1 ms per decoder call then, interleaved in one process, 1 thread.)
 
     The closed-loop QoE is noisy: a changed decision changes every later observation. 1 % Gaussian noise on
     the body's weights (KL 0.0009, 98.8 % same level) dropped it to 0.211, and `int8` scored 0.207 or 0.359
