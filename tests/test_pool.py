@@ -163,3 +163,29 @@ def test_collect_rejects_unknown_policy(tmp_path: Path, capsys) -> None:
     rc = main(["collect", "--out", str(tmp_path), "--trace-dir", str(tmp_path), "--policies", "nope"])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_policies_of_a_session_are_paired_and_keep_best_keeps_the_winner() -> None:
+    """Every policy of one (trace, repeat) starts at the same sample under the same noise seed, so their
+    returns compare like for like; --keep best stores only the best of them."""
+    from training.collect import collect_pool
+
+    sessions, video = synthetic_sessions(3, seed=4), synthetic_video()
+    everything, per_policy = collect_pool(sessions, ["bba", "robustmpc"], video, repeats=3, seed=2)
+    pairs: dict[tuple[str, int], set[tuple[int, int]]] = {}
+    for trace, start, seed in zip(everything.episode_trace, everything.episode_start_index,
+                                  everything.episode_seed):
+        pairs.setdefault((str(trace), int(seed)), set()).add((int(start), int(seed)))
+    assert len(pairs) == 3 * 3 and all(len(v) == 1 for v in pairs.values())
+    assert len({int(s) for s in everything.episode_start_index}) > 1  # repeats > 0 start elsewhere
+    best, _ = collect_pool(sessions, ["bba", "robustmpc"], video, repeats=3, seed=2, keep="best")
+    assert best.episode_count == 9
+    returns = everything.episode_mean_rewards()
+    for i, (trace, seed) in enumerate(zip(best.episode_trace, best.episode_seed)):
+        paired = [j for j in range(everything.episode_count)
+                  if everything.episode_trace[j] == trace and everything.episode_seed[j] == seed]
+        assert len(paired) == 2
+        assert best.episode_mean_rewards()[i] == pytest.approx(max(returns[j] for j in paired))
+    assert len(per_policy["bba"]) == len(per_policy["robustmpc"]) == 9
+    with pytest.raises(ValueError, match="keep"):
+        collect_pool(sessions, ["bba"], video, keep="top")

@@ -206,3 +206,36 @@ def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -
     from controller.netllm.checkpoint import load_checkpoint
 
     load_checkpoint(out / "selected", device="cpu")  # the copy is a valid checkpoint
+
+
+def test_selection_simulates_the_served_quantised_model(pool_dir: Path, capsys) -> None:
+    """--select-by sim scores the model as a CPU serves it (int8-split by default) on a copy: the trained
+    model keeps its float weights, its LoRA adapter and its gradients."""
+    from controller.netllm.quantize import OutlierSplitLinear
+    from training.train import Config, _serving_copy, _valid_quantize
+
+    assert _valid_quantize(Config(pool=pool_dir, device="cpu")) == "int8-split"
+    assert _valid_quantize(Config(pool=pool_dir, device="cpu", valid_quantize="none")) == "none"
+    model, _ = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    served = _serving_copy(model, "int8-split")
+    assert any(isinstance(m, OutlierSplitLinear) for m in served.backbone.modules())
+    assert not any(type(m) is torch.nn.Linear for m in served.backbone.modules())
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert hasattr(model.backbone, "peft_config") and any(p.requires_grad for p in model.parameters())
+    assert _train(pool_dir, Path("unused"), "--valid-quantize", "fp8") == 2
+    assert "--valid-quantize" in capsys.readouterr().err
+
+
+def test_validation_traces_can_start_at_several_samples() -> None:
+    from training.train import spread_starts
+
+    sessions = synthetic_sessions(2, seed=5)
+    spread = spread_starts(sessions, 3)
+    assert [s.trace.name for s in spread] == [sessions[0].trace.name] * 3 + [sessions[1].trace.name] * 3
+    for s in spread:
+        assert 1 <= s.start_index < len(s.trace.time_s)
+    n = len(sessions[0].trace.time_s)
+    assert [s.start_index for s in spread[:3]] == [1, 1 + (n - 1) // 3, 1 + 2 * (n - 1) // 3]
+    assert spread_starts(sessions, 1) == [type(s)(s.trace, 1) for s in sessions]

@@ -1,8 +1,9 @@
 """`netllm collect`: build an experience pool by running baseline ABR policies in the chunk-level simulator.
 
-Every (trace, policy, repeat) becomes one episode. For variety, repeat r > 0 starts the trace at a seeded
-random sample index and, with `--noise`, multiplies every download delay by U(0.9, 1.1) from a seeded
-generator; repeat 0 starts at the split's start index (1 unless the split says otherwise). `--epsilon`
+Every (trace, policy, repeat) becomes one episode (with `--keep best`, only each (trace, repeat)'s best
+policy's). For variety, repeat r > 0 starts the trace at a seeded random sample index and, with `--noise`,
+multiplies every download delay by U(0.9, 1.1) from a seeded generator; repeat 0 starts at the split's start
+index (1 unless the split says otherwise). All policies of one (trace, repeat) get the same start and noise. `--epsilon`
 optionally replaces a decision by a random level with that probability (seeded), to show the model actions
 off the baselines' paths; recorded actions are the ones actually taken. The policy `optimal` (the offline
 optimum's plan, see emulation.abr_optimal) runs without noise: its plan is only optimal for the exact trace.
@@ -39,6 +40,12 @@ class Config:
     epsilon: float = arg(0.0, help="probability of replacing a decision by a random level (seeded)")
     max_traces: int = arg(0, help="use only the first N traces (0: all)")
     seed: int = arg(0, help="base seed of start indices, noise and epsilon draws")
+    keep: str = arg("all", help="all: every policy's episode; best: of each (trace, repeat), only the "
+                                "episode of the policy with the highest mean QoE (a pool better than every "
+                                "baseline in it, at the price of fewer and less varied episodes)")
+
+
+KEEP_CHOICES = ("all", "best")
 
 
 @dataclass
@@ -147,33 +154,44 @@ def _policy_for(name: str, session: Session, video: Any, sim_config: Any) -> Any
 
 def collect_pool(sessions: list[Session], policies: list[str], video: Any, repeats: int = 1,
                  noise: bool = True, epsilon: float = 0.0, seed: int = 0, progress: bool = False,
-                 meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, list[float]]]:
-    """Run every (session, policy, repeat) in the simulator; the pool and each policy's episode QoE."""
+                 meta: dict[str, Any] | None = None, keep: str = "all") -> tuple[Any, dict[str, list[float]]]:
+    """Run every (session, repeat) with every policy in the simulator; the pool and each policy's episode QoE.
+
+    The policies of one (session, repeat) face the same start index and delay noise (paired episodes), so
+    their returns compare like for like; `keep="best"` stores only the highest-return one of them."""
     from emulation.abr_sim import SimConfig
     from training.pool import PoolBuilder
 
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"keep {keep!r}: use one of {', '.join(KEEP_CHOICES)}")
     builder = PoolBuilder()
     per_policy: dict[str, list[float]] = {p: [] for p in policies}
-    jobs = [(s, p, r) for s in sessions for p in policies for r in range(repeats)]
+    jobs = [(i, s, r) for i, s in enumerate(sessions) for r in range(repeats)]
     if progress:
         from tqdm import tqdm
 
-        jobs = tqdm(jobs, desc="collect", unit="episode")
-    for number, (session, name, repeat) in enumerate(jobs):
-        episode_seed = seed * 1_000_003 + number
-        rng = random.Random(episode_seed)
-        start = session.start_index if repeat == 0 else rng.randrange(1, len(session.trace.time_s))
-        sim_config = SimConfig(noise=noise and repeat > 0 and name != "optimal")
+        jobs = tqdm(jobs, desc="collect", unit="session")
+    for index, session, repeat in jobs:
+        episode_seed = seed * 1_000_003 + index * repeats + repeat
+        start = session.start_index if repeat == 0 else \
+            random.Random(episode_seed).randrange(1, len(session.trace.time_s))
         episode_session = Session(session.trace, start)
-        policy = _policy_for(name, episode_session, video, sim_config)
-        if epsilon > 0 and name != "optimal":
-            policy = EpsilonPolicy(policy, epsilon, rng)
-        ep = run_episode(policy, episode_session, video, sim_config, episode_seed)
-        builder.add_episode(ep["observations"], ep["actions"], ep["rewards"], session.trace.name, name, start,
-                            episode_seed)
-        per_policy[name].append(ep["mean_qoe"])
+        episodes = []
+        for name in policies:
+            sim_config = SimConfig(noise=noise and repeat > 0 and name != "optimal")
+            policy = _policy_for(name, episode_session, video, sim_config)
+            if epsilon > 0 and name != "optimal":
+                policy = EpsilonPolicy(policy, epsilon, random.Random(f"{episode_seed}:{name}"))
+            ep = run_episode(policy, episode_session, video, sim_config, episode_seed)
+            per_policy[name].append(ep["mean_qoe"])
+            episodes.append((name, ep))
+        if keep == "best":
+            episodes = [max(episodes, key=lambda e: e[1]["mean_qoe"])]
+        for name, ep in episodes:
+            builder.add_episode(ep["observations"], ep["actions"], ep["rewards"], session.trace.name, name,
+                                start, episode_seed)
     full_meta = {"policies": list(policies), "repeats": repeats, "noise": noise, "epsilon": epsilon,
-                 "seed": seed, "traces": len(sessions), "sim_config": to_jsonable(SimConfig())}
+                 "seed": seed, "keep": keep, "traces": len(sessions), "sim_config": to_jsonable(SimConfig())}
     full_meta.update(meta or {})
     return builder.build(full_meta), per_policy
 
@@ -184,6 +202,8 @@ def run(cfg: Config) -> int:
 
     if cfg.repeats < 1 or not 0 <= cfg.epsilon <= 1:
         raise CommandError("--repeats must be >= 1 and --epsilon in [0, 1]")
+    if cfg.keep not in KEEP_CHOICES:
+        raise CommandError(f"--keep {cfg.keep!r}: use one of {', '.join(KEEP_CHOICES)}")
     for name in cfg.policies:
         if name != "optimal":
             try:
@@ -199,12 +219,13 @@ def run(cfg: Config) -> int:
     meta = {"split": None if cfg.trace_dir else cfg.split, "trace_dir": str(cfg.trace_dir or ""),
             "video": str(cfg.video or default_video_path())}
     pool, per_policy = collect_pool(sessions, cfg.policies, video, cfg.repeats, cfg.noise, cfg.epsilon,
-                                    cfg.seed, progress=True, meta=meta)
+                                    cfg.seed, progress=True, meta=meta, keep=cfg.keep)
     pool.save(cfg.out)
     save_config(cfg, cfg.out)
     summary = {"rows": len(pool), "episodes": pool.episode_count, "traces": len(sessions),
                "seconds": round(time.monotonic() - started, 2),
-               "mean_qoe_by_policy": {p: float(np.mean(v)) for p, v in per_policy.items() if v}}
+               "mean_qoe_by_policy": {p: float(np.mean(v)) for p, v in per_policy.items() if v},
+               "episodes_kept_by_policy": {p: int(np.sum(pool.episode_policy == p)) for p in cfg.policies}}
     write_summary(summary, cfg.out)
     print(f"pool: {len(pool)} decisions in {pool.episode_count} episodes -> {cfg.out}")
     return 0

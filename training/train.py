@@ -9,7 +9,8 @@ Checkpoint selection never looks at test traces: every `eval_every` optimizer st
 validation data and the best score is kept in `OUT/best`:
 - `--select-by sim` (default): the mean per-chunk QoE (chunk 0 skipped) of the model as a policy in the
   simulator over the validation split (`--valid-split`, or `--valid-trace-dir`), asking for the pool's
-  `eval_target_quantile` episode return;
+  `eval_target_quantile` episode return, served as the netllm policy serves it on `--device`
+  (`--valid-quantize`: int8-split on a CPU);
 - `--select-by loss`: the action cross-entropy on pool episodes held out by trace (`--valid-fraction`).
 At the end the best checkpoint's serving target return is chosen the same way among quantiles of the pool's
 per-episode mean QoE (`--target-quantiles`) and written into `OUT/best/netllm_config.json`.
@@ -68,9 +69,18 @@ class Config:
     valid_split: str = arg("valid", help="trace split for --select-by sim")
     valid_trace_dir: Path | None = arg(None, help="validation trace folder instead of --valid-split")
     valid_max_traces: int = arg(20, help="validation traces used per evaluation (0: all)")
+    # A few validation traces with long stalls dominate a mean over one session per trace; more starts per
+    # trace steady the score without touching other traces.
+    valid_starts: int = arg(1, help="sessions per validation trace: start at sample 1 and at N-1 more sample "
+                                    "indices spread evenly over the trace")
     valid_fraction: float = arg(0.05, help="share of the pool's traces held out for the validation loss")
     valid_windows: int = arg(256, help="held-out windows scored per validation loss (evenly spread; 0: all)")
     video: Path | None = arg(None, help="video for simulator evaluation (default: the pool's)")
+    # Selection scores the model as it will be served: on a CPU the policy serves int8-split by default, and
+    # two checkpoints that tie in float32 need not tie there (it is also ~4x faster to simulate).
+    valid_quantize: str = arg("auto", help="how --select-by sim serves the model: auto (what the netllm "
+                                           "policy serves on --device: int8-split on a CPU, float on a GPU), "
+                                           "none, or a controller.netllm.quantize scheme")
     # 0.5, not higher: asked for the pool's top returns, the policy played too aggressively on hard validation
     # traces (mean QoE -1.6 at the 0.75 quantile vs +0.6 at 0.5, same checkpoint), so periodic scores misled.
     eval_target_quantile: float = arg(0.5, help="target return of periodic evaluations: this quantile of "
@@ -114,9 +124,10 @@ def _check(cfg: Config) -> None:
         raise CommandError("--select-by must be sim or loss")
     if cfg.select_by == "loss" and not 0 < cfg.valid_fraction < 1:
         raise CommandError("--select-by loss needs --valid-fraction in (0, 1)")
-    if min(cfg.optimizer_steps, cfg.micro_batch_size, cfg.grad_accum, cfg.eval_every, cfg.window) < 1:
-        raise CommandError("--optimizer-steps, --micro-batch-size, --grad-accum, --eval-every and --window "
-                           "must be >= 1")
+    if min(cfg.optimizer_steps, cfg.micro_batch_size, cfg.grad_accum, cfg.eval_every, cfg.window,
+           cfg.valid_starts) < 1:
+        raise CommandError("--optimizer-steps, --micro-batch-size, --grad-accum, --eval-every, --window and "
+                           "--valid-starts must be >= 1")
     if cfg.select_by == "sim" and cfg.valid_trace_dir is None and cfg.valid_split not in ("valid", "train"):
         raise CommandError(f"--valid-split {cfg.valid_split!r}: select checkpoints on the valid split, "
                            "never on test traces")
@@ -124,6 +135,10 @@ def _check(cfg: Config) -> None:
         raise CommandError("--init-from starts a new run from a checkpoint, --resume continues OUT: use one")
     if not all(0 <= q <= 1 for q in [*cfg.target_quantiles, cfg.eval_target_quantile]):
         raise CommandError("target quantiles must be in [0, 1]")
+    try:
+        _valid_quantize(cfg)
+    except ValueError as exc:
+        raise CommandError(f"--valid-quantize: {exc}") from exc
 
 
 def split_pool(pool: Any, fraction: float, seed: int) -> tuple[Any, Any]:
@@ -159,31 +174,44 @@ def validation_loss(model: Any, pool: Any, cfg: Config, device: Any) -> float:
     return total / max(count, 1)
 
 
-def simulate_mean_qoe(model: Any, sessions: list[Any], video: Any, target_per_chunk: float) -> float:
-    """Mean over sessions of the per-chunk QoE (chunk 0 skipped) of the in-memory model as a policy."""
+def simulate_mean_qoe(model: Any, sessions: list[Any], video: Any, target_per_chunk: float,
+                      quantize: str = "none") -> float:
+    """Mean over sessions of the per-chunk QoE (chunk 0 skipped) of the in-memory model as a policy, served
+    with `quantize` (a resolved scheme, see `_serving_copy`)."""
     from controller.policies.netllm_policy import NetLLMPolicy
     from emulation.abr_sim import SimConfig, simulate_session
 
     was_training = model.training
-    policy = NetLLMPolicy.from_model(_serving_copy(model), target_return=target_per_chunk)
+    policy = NetLLMPolicy.from_model(_serving_copy(model, quantize), target_return=target_per_chunk)
     scores = [simulate_session(policy, s.trace, video, start_index=s.start_index, config=SimConfig()).mean_qoe
               for s in sessions]
     model.train(was_training)
     return float(np.mean(scores))
 
 
-def _serving_copy(model: Any) -> Any:
+def _serving_copy(model: Any, quantize: str = "none") -> Any:
     """The model as it is served: with the LoRA adapter folded into a copy of the body (so the lean Llama
-    decoder runs it instead of peft's slower unmerged forward), in eval mode, without gradients."""
+    decoder runs it instead of peft's slower unmerged forward), quantised as `quantize` names (none, or a
+    controller.netllm.quantize scheme), in eval mode, without gradients."""
     import copy
 
+    from controller.netllm.quantize import quantize_int8
+
     model.eval()
-    if not hasattr(model.backbone, "merge_and_unload"):  # already merged, or trained without LoRA
+    merged = not hasattr(model.backbone, "merge_and_unload")  # already merged, or trained without LoRA
+    if merged and quantize == "none":
         return model
-    served = copy.deepcopy(model)
-    served.backbone = served.backbone.merge_and_unload()
+    served = copy.deepcopy(model)  # quantising rewrites the body: never touch the trained model
+    if not merged:
+        served.backbone = served.backbone.merge_and_unload()
     served.requires_grad_(False)
-    return served
+    return served if quantize == "none" else quantize_int8(served, quantize)
+
+
+def _valid_quantize(cfg: Config) -> str:
+    from controller.policies.netllm_policy import resolve_quantize
+
+    return resolve_quantize(cfg.valid_quantize, cfg.device)
 
 
 def _target(pool: Any, quantile: float) -> float:
@@ -196,7 +224,8 @@ def _evaluate(model: Any, cfg: Config, val: Validation, train_pool: Any, device:
         scores["valid_loss"] = validation_loss(model, val.pool, cfg, device)
     if cfg.select_by == "sim":
         scores["valid_qoe"] = simulate_mean_qoe(model, val.sessions, val.video,
-                                                _target(train_pool, cfg.eval_target_quantile))
+                                                _target(train_pool, cfg.eval_target_quantile),
+                                                _valid_quantize(cfg))
     scores["score"] = scores["valid_qoe"] if cfg.select_by == "sim" else -scores["valid_loss"]
     return scores
 
@@ -208,10 +237,18 @@ def _validation(cfg: Config, held_out: Any, pool_meta: dict[str, Any]) -> Valida
     if cfg.select_by == "sim":
         video_path = cfg.video or (Path(pool_meta["video"]) if pool_meta.get("video") else None)
         val.video = load_sim_video(video_path)
-        val.sessions = split_sessions(cfg.valid_split, cfg.valid_trace_dir, cfg.valid_max_traces)
+        traces = split_sessions(cfg.valid_split, cfg.valid_trace_dir, cfg.valid_max_traces)
+        val.sessions = spread_starts(traces, cfg.valid_starts)
         if not val.sessions:
             raise CommandError("no validation traces")
     return val
+
+
+def spread_starts(sessions: list[Any], starts: int) -> list[Any]:
+    """Each session's trace played from `starts` start sample indices: 1, then evenly spaced up to the end."""
+    from training.collect import Session
+
+    return [Session(s.trace, 1 + k * (len(s.trace.time_s) - 1) // starts) for s in sessions for k in range(starts)]
 
 
 def _load_pool(cfg: Config) -> Any:
@@ -272,7 +309,8 @@ def _choose_target(cfg: Config, val: Validation, pool: Any, best_dir: Path) -> d
     from controller.netllm.checkpoint import CONFIG_FILE, load_checkpoint
 
     model, _ = load_checkpoint(best_dir, device=cfg.device, dtype=cfg.dtype, merge_lora=True)
-    scores = {f"{q:g}": simulate_mean_qoe(model, val.sessions, val.video, _target(pool, q))
+    quantize = _valid_quantize(cfg)
+    scores = {f"{q:g}": simulate_mean_qoe(model, val.sessions, val.video, _target(pool, q), quantize)
               for q in cfg.target_quantiles}
     best_q = max(scores, key=lambda k: scores[k])
     doc = json.loads((best_dir / CONFIG_FILE).read_text())
@@ -400,7 +438,8 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
         if (out / name / CONFIG_FILE).is_file():
             model, _ = load_checkpoint(out / name, device=cfg.device, dtype=cfg.dtype, merge_lora=True)
             for q in cfg.target_quantiles:
-                scores[f"{name}@{q:g}"] = simulate_mean_qoe(model, val.sessions, val.video, _target(train_pool, q))
+                scores[f"{name}@{q:g}"] = simulate_mean_qoe(model, val.sessions, val.video, _target(train_pool, q),
+                                                            _valid_quantize(cfg))
     if not scores:
         raise CommandError(f"{out}: no best/ or last/ checkpoint to select from")
     winner = max(scores, key=lambda k: scores[k])
