@@ -187,6 +187,7 @@ def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["target_scores"]) == {"0.5", "1"}
+    assert summary["valid_quantize"] == "int8-split" and summary["valid_sessions"] == 2  # served as on a CPU
     assert np.isfinite(summary["best_score"])
     serving = json.loads((out / "best" / "netllm_config.json").read_text())["serving"]
     assert serving["target_quantile"] in (0.5, 1.0)
@@ -200,6 +201,7 @@ def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -
     selection = json.loads((out / "selection.json").read_text())
     assert set(selection["scores"]) == {"best@0.25", "best@0.5", "last@0.25", "last@0.5"}
     assert selection["scores"][selection["winner"]] == max(selection["scores"].values())
+    assert selection["valid_sessions"] == 2 and selection["valid_quantize"] == "int8-split"
     chosen = json.loads((out / "selected" / "netllm_config.json").read_text())
     assert chosen["storage_dtype"] == "bfloat16" and chosen["serving"]["target_quantile"] in (0.25, 0.5)
     assert not list((out / "selected").glob("train_state*"))

@@ -409,6 +409,7 @@ def train(cfg: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "optimizer_steps": counters["step"], "best_step": counters["best_step"],
         "best_score": counters["best_score"], "select_by": cfg.select_by,
+        "valid_quantize": _valid_quantize(cfg), "valid_sessions": len(val.sessions),
         "train_seconds": round(counters["train_seconds"], 1), "trainable_parameters": trainable,
         "total_parameters": total, "trainable_fraction": trainable / total, "backbone": info.to_json(),
         "pool_rows": len(train_pool), "stopped_early": counters["step"] < cfg.optimizer_steps}
@@ -456,7 +457,8 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
                           target_quantile=float(quantile))
     doc["storage_dtype"] = cfg.save_dtype
     (selected / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    result = {"scores": scores, "winner": winner, "valid_traces": len(val.sessions)}
+    result = {"scores": scores, "winner": winner, "valid_sessions": len(val.sessions),
+              "valid_quantize": _valid_quantize(cfg)}
     (out / "selection.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
