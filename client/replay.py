@@ -34,8 +34,13 @@ Outputs in `--out`:
                                   mean_bitrate_kbps, total_rebuffer_s, rebuffer_ratio, startup_delay_s,
                                   switches, fallback_chunks, link_fidelity_median_abs_rel_error
     interrupted/, interrupted.jsonl   partial folders of interrupted sessions, moved aside by --resume
+    failed_starts/, failed_starts.jsonl   folders of attempts whose player failed before the first chunk,
+                                  moved aside before the session was run again (--retries)
     config.json
-A failed session is recorded (error, player_exit_code) and the run goes on; Ctrl-C or SIGTERM stops it after
+A failed session is recorded (error, player_exit_code) and the run goes on. A session whose player failed
+before logging a single chunk (the browser or the page did not start: a fault of the machine, not a result
+of the policy or the trace) is run again, up to --retries times, after every other session, its failed
+attempt kept in failed_starts/ and listed under `failed_starts` in summary.json. Ctrl-C or SIGTERM stops it after
 writing the summary of the sessions done. `--resume` on the same --out runs only what is not in the ledger
 (an unfinished session's folder is moved aside and the session redone from scratch); without --resume an
 --out that already holds a replay is refused, so two runs' rows are never mixed.
@@ -86,6 +91,8 @@ class Config:
                         "--ray, tasks at once on a local instance")
     ray: str = arg("", help="run each session as a Ray task with its own link, server and controller: "
                    "`local` or a running cluster's address (client.replay_ray)")
+    retries: int = arg(1, help="run a session again, at most this many times, when its player failed before "
+                       "the first chunk (browser or page start-up); the failed attempt goes to failed_starts/")
 
 
 def read_start_offsets(path: Path) -> dict[str, int]:
@@ -128,7 +135,7 @@ def _write_results(out: Path, rows: list[dict[str, Any]], cfg: Config, started: 
     """The merged outputs: summary.json, sessions.csv (one row per session) and chunks.parquet."""
     import pandas as pd
 
-    from client.replay_ledger import interrupted_records
+    from client.replay_ledger import FAILED_START_NAME, interrupted_records
     from netllm.chunklog import read_chunk_log, write_parquet, write_summary
 
     chunk_rows = []
@@ -141,6 +148,7 @@ def _write_results(out: Path, rows: list[dict[str, Any]], cfg: Config, started: 
     wall_s = time.monotonic() - started
     write_summary({"policies": aggregate(rows, cfg.policies), "sessions": rows, "complete": complete,
                    "jobs": jobs, "interrupted_sessions": interrupted_records(out),
+                   "failed_starts": interrupted_records(out, FAILED_START_NAME),
                    "traces_dir": str(cfg.traces), "video": str(cfg.video), "rtt_ms": cfg.rtt_ms,
                    "parallel": cfg.parallel, "ray": cfg.ray or None, "wall_s": wall_s}, out)
 
@@ -186,6 +194,8 @@ def _check_options(cfg: Config) -> None:
         raise CommandError("--policies names a policy twice")
     if cfg.parallel < 1:
         raise CommandError("--parallel must be >= 1")
+    if cfg.retries < 0:
+        raise CommandError("--retries must be >= 0")
     from emulation.multi_link import MAX_CLIENTS
 
     if cfg.parallel > MAX_CLIENTS:
@@ -249,11 +259,17 @@ def run(cfg: Config) -> int:
                                       desc="replay") as bar:
             def on_done(job: Any, summary: dict[str, Any]) -> None:
                 row = _session_row(summary, job.folder)
+                if row.get("player_exit_code"):  # said at once: a long run must not hide a failure
+                    tqdm.write(f"netllm replay: session {job.folder} failed (player exit code "
+                               f"{row['player_exit_code']}): {row.get('error') or 'see its player.log'}",
+                               file=sys.stderr)
                 ledger.append(row)
                 finished[job.folder] = row
                 bar.update(1)
 
             _run_jobs(cfg, todo, video, out, on_done, bar)
+            retry_failed_starts(cfg.retries, todo, finished, out,
+                                lambda again: _run_jobs(cfg, again, video, out, on_done, bar), bar)
         complete = True
     finally:
         # In run order, whichever finished first.
@@ -261,6 +277,34 @@ def run(cfg: Config) -> int:
         _write_results(out, rows, cfg, started, complete, len(jobs))
     _print_table(aggregate(rows, cfg.policies), out)
     return 0 if all(not r.get("player_exit_code") for r in rows) else 1
+
+
+def failed_at_start(row: dict[str, Any]) -> bool:
+    """The player exited with an error before logging any chunk: the browser or the page did not start.
+    Timeouts (exit 3: e.g. a link too slow for the first chunk) and signals are results, not retried."""
+    from client.player import EXIT_ERROR
+
+    return row.get("player_exit_code") == EXIT_ERROR and not row.get("chunks")
+
+
+def retry_failed_starts(retries: int, todo: list[Any], finished: dict[str, dict[str, Any]], out: Path,
+                        run_again: Callable[[list[Any]], None], bar: Any = None) -> None:
+    """Run again, up to `retries` rounds, the sessions of `todo` whose row in `finished` failed at start;
+    each failed attempt's folder is moved to failed_starts/ first (nothing it logged is lost)."""
+    from client.replay_ledger import FAILED_START_DIR, FAILED_START_NAME, move_aside
+
+    for attempt in range(1, retries + 1):
+        again = [job for job in todo if job.folder in finished and failed_at_start(finished[job.folder])]
+        if not again:
+            return
+        for record in move_aside(out, [job.folder for job in again], FAILED_START_DIR, FAILED_START_NAME):
+            print(f"netllm replay: session {record['folder']} failed before its first chunk; its folder "
+                  f"moved to {record['moved_to']}, running it again (retry {attempt} of {retries})",
+                  file=sys.stderr)
+        if bar is not None:
+            bar.total += len(again)
+            bar.refresh()
+        run_again(again)
 
 
 def _run_jobs(cfg: Config, todo: list[Any], video: Any, out: Path,

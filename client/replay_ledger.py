@@ -28,6 +28,8 @@ from netllm.cli import CommandError
 LEDGER_NAME = "sessions.jsonl"
 INTERRUPTED_NAME = "interrupted.jsonl"
 INTERRUPTED_DIR = "interrupted"
+FAILED_START_NAME = "failed_starts.jsonl"
+FAILED_START_DIR = "failed_starts"
 RESUME_CHECKED_KEYS = ("video", "rtt_ms", "buffer_s", "decision_timeout_ms")
 """Options that change what a session measures: a resume must use the same values."""
 
@@ -86,8 +88,10 @@ def _chunk_rows(folder: Path) -> int | None:
         return max(0, sum(1 for line in fh if line.strip()) - 1)  # minus the header
 
 
-def move_aside(out: Path, folders: list[str]) -> list[dict[str, Any]]:
-    """Move every existing `sessions/<folder>` of `folders` to `interrupted/`; the records added."""
+def move_aside(out: Path, folders: list[str], to_dir: str = INTERRUPTED_DIR,
+               record_name: str = INTERRUPTED_NAME) -> list[dict[str, Any]]:
+    """Move every existing `sessions/<folder>` of `folders` to `<to_dir>/<folder>.<n>`, each listed in
+    `record_name` (interrupted sessions by default); the records added."""
     out = Path(out)
     added = []
     for folder in folders:
@@ -95,13 +99,13 @@ def move_aside(out: Path, folders: list[str]) -> list[dict[str, Any]]:
         if not src.exists():
             continue
         n = 1
-        while (dst := out / INTERRUPTED_DIR / f"{folder}.{n}").exists():
+        while (dst := out / to_dir / f"{folder}.{n}").exists():
             n += 1
         dst.parent.mkdir(parents=True, exist_ok=True)
         record = {"folder": folder, "moved_to": str(dst.relative_to(out)), "chunks": _chunk_rows(src),
                   "moved_unix_s": time.time()}
         os.replace(src, dst)
-        with open(out / INTERRUPTED_NAME, "a", encoding="utf-8") as fh:
+        with open(out / record_name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -109,8 +113,8 @@ def move_aside(out: Path, folders: list[str]) -> list[dict[str, Any]]:
     return added
 
 
-def interrupted_records(out: Path) -> list[dict[str, Any]]:
-    path = Path(out) / INTERRUPTED_NAME
+def interrupted_records(out: Path, record_name: str = INTERRUPTED_NAME) -> list[dict[str, Any]]:
+    path = Path(out) / record_name
     records = []
     if path.exists():
         for line in path.read_text(errors="replace").splitlines():
