@@ -8,6 +8,13 @@ optionally replaces a decision by a random level with that probability (seeded),
 off the baselines' paths; recorded actions are the ones actually taken. The policy `optimal` (the offline
 optimum's plan, see emulation.abr_optimal) runs without noise: its plan is only optimal for the exact trace.
 
+DAgger-style relabelling: with `--label-with EXPERT`, a shadow instance of EXPERT is shown every observation
+the playing policy sees (so its memory, e.g. robustMPC's prediction errors, follows the session actually
+played) and its choice is stored as the decision's training label (pool `labels`); the played level stays in
+`actions`. Playing the learned policy (`--policies netllm`) and labelling with an expert shows the model the
+states its own choices lead to, with what the expert would do there. `--append-to POOL` writes the earlier
+pool's episodes first, so rounds aggregate.
+
 Output: `--out DIR` with pool.npz + pool.json (format in training.pool), config.json and summary.json.
 """
 
@@ -43,6 +50,10 @@ class Config:
     keep: str = arg("all", help="all: every policy's episode; best: of each (trace, repeat), only the "
                                 "episode of the policy with the highest mean QoE (a pool better than every "
                                 "baseline in it, at the price of fewer and less varied episodes)")
+    label_with: str = arg("", help="an expert policy asked at every decision of the episodes played; its "
+                                   "choice becomes the training label (DAgger-style; empty: labels = actions)")
+    append_to: Path | None = arg(None, help="an existing pool whose episodes come first in the output "
+                                            "(aggregating rounds; it is read, never modified)")
 
 
 KEEP_CHOICES = ("all", "best")
@@ -119,19 +130,26 @@ class EpsilonPolicy:
         self.inner.observe_outcome(reward)
 
 
-def run_episode(policy: Any, session: Session, video: Any, sim_config: Any, seed: int) -> dict[str, Any]:
-    """Simulate one session, recording each decision's observation row, action and chunk QoE."""
+def run_episode(policy: Any, session: Session, video: Any, sim_config: Any, seed: int,
+                expert: Any = None) -> dict[str, Any]:
+    """Simulate one session, recording each decision's observation row, action and chunk QoE, and with an
+    `expert` policy the level it picks in each observed state (`labels`)."""
     from controller.netllm.abr_features import observation_features
     from emulation.abr_sim import simulate_session
 
     rows: list[np.ndarray] = []
     actions: list[int] = []
     chunks: list[int] = []
+    labels: list[int] = []
+    if expert is not None:
+        expert.reset()
 
     def record(obs: Any, quality: int) -> None:
         rows.append(observation_features(obs))
         actions.append(int(quality))
         chunks.append(obs.chunk_index)
+        if expert is not None:
+            labels.append(int(expert.select_quality(obs)))
 
     result = simulate_session(policy, session.trace, video, start_index=session.start_index,
                               config=sim_config, seed=seed, on_decision=record)
@@ -139,6 +157,7 @@ def run_episode(policy: Any, session: Session, video: Any, sim_config: Any, seed
     taken = [result.qualities[c] for c in chunks]
     return {"observations": np.stack(rows) if rows else np.zeros((0, 0), np.float32),
             "actions": np.asarray(taken, dtype=np.int64), "rewards": np.asarray(rewards, dtype=np.float32),
+            "labels": np.asarray(labels, dtype=np.int64) if expert is not None else None,
             "mean_qoe": result.mean_qoe}
 
 
@@ -154,17 +173,23 @@ def _policy_for(name: str, session: Session, video: Any, sim_config: Any) -> Any
 
 def collect_pool(sessions: list[Session], policies: list[str], video: Any, repeats: int = 1,
                  noise: bool = True, epsilon: float = 0.0, seed: int = 0, progress: bool = False,
-                 meta: dict[str, Any] | None = None, keep: str = "all") -> tuple[Any, dict[str, list[float]]]:
+                 meta: dict[str, Any] | None = None, keep: str = "all", label_with: str = "",
+                 append_to: Any = None) -> tuple[Any, dict[str, list[float]]]:
     """Run every (session, repeat) with every policy in the simulator; the pool and each policy's episode QoE.
 
     The policies of one (session, repeat) face the same start index and delay noise (paired episodes), so
-    their returns compare like for like; `keep="best"` stores only the highest-return one of them."""
+    their returns compare like for like; `keep="best"` stores only the highest-return one of them.
+    `label_with`: an expert policy's name, asked in every state played (see the module docstring);
+    `append_to`: a pool whose episodes come first."""
     from emulation.abr_sim import SimConfig
     from training.pool import PoolBuilder
 
     if keep not in KEEP_CHOICES:
         raise ValueError(f"keep {keep!r}: use one of {', '.join(KEEP_CHOICES)}")
     builder = PoolBuilder()
+    if append_to is not None:
+        builder.add_pool(append_to)
+    expert = _policy_for(label_with, sessions[0], video, SimConfig()) if label_with else None
     per_policy: dict[str, list[float]] = {p: [] for p in policies}
     jobs = [(i, s, r) for i, s in enumerate(sessions) for r in range(repeats)]
     if progress:
@@ -182,16 +207,19 @@ def collect_pool(sessions: list[Session], policies: list[str], video: Any, repea
             policy = _policy_for(name, episode_session, video, sim_config)
             if epsilon > 0 and name != "optimal":
                 policy = EpsilonPolicy(policy, epsilon, random.Random(f"{episode_seed}:{name}"))
-            ep = run_episode(policy, episode_session, video, sim_config, episode_seed)
+            ep = run_episode(policy, episode_session, video, sim_config, episode_seed, expert)
             per_policy[name].append(ep["mean_qoe"])
             episodes.append((name, ep))
         if keep == "best":
             episodes = [max(episodes, key=lambda e: e[1]["mean_qoe"])]
         for name, ep in episodes:
             builder.add_episode(ep["observations"], ep["actions"], ep["rewards"], session.trace.name, name,
-                                start, episode_seed)
+                                start, episode_seed, ep["labels"])
     full_meta = {"policies": list(policies), "repeats": repeats, "noise": noise, "epsilon": epsilon,
-                 "seed": seed, "keep": keep, "traces": len(sessions), "sim_config": to_jsonable(SimConfig())}
+                 "seed": seed, "keep": keep, "traces": len(sessions), "sim_config": to_jsonable(SimConfig()),
+                 "label_with": label_with or None}
+    if append_to is not None:  # provenance of the aggregated rounds, oldest first
+        full_meta["appended_to"] = {"episodes": append_to.episode_count, "meta": append_to.meta}
     full_meta.update(meta or {})
     return builder.build(full_meta), per_policy
 
@@ -204,28 +232,51 @@ def run(cfg: Config) -> int:
         raise CommandError("--repeats must be >= 1 and --epsilon in [0, 1]")
     if cfg.keep not in KEEP_CHOICES:
         raise CommandError(f"--keep {cfg.keep!r}: use one of {', '.join(KEEP_CHOICES)}")
-    for name in cfg.policies:
+    for name in cfg.policies + ([cfg.label_with] if cfg.label_with else []):
         if name != "optimal":
             try:
                 policy_class(name)
             except (UnknownPolicyError, ImportError) as exc:
                 raise CommandError(f"policy {name!r}: {exc}") from exc
+    if cfg.label_with == "optimal":
+        raise CommandError("--label-with optimal: the offline optimum is a plan for one session's start, not "
+                           "a policy that can be asked about another policy's states; name a policy")
     if cfg.trace_dir is None and cfg.split not in ("train", "valid"):
         raise CommandError(f"split {cfg.split!r}: experience pools are built from the train (or valid) split "
                            "only; test traces must stay unseen")
+    if cfg.append_to is not None and Path(cfg.append_to).resolve() == Path(cfg.out).resolve():
+        raise CommandError("--append-to and --out name the same folder: write the aggregate to a new one, so "
+                           "the earlier pool stays as it was")
     video = load_sim_video(cfg.video)
+    earlier = _load_earlier_pool(cfg.append_to)
     sessions = split_sessions(cfg.split, cfg.trace_dir, cfg.max_traces)
     started = time.monotonic()
     meta = {"split": None if cfg.trace_dir else cfg.split, "trace_dir": str(cfg.trace_dir or ""),
             "video": str(cfg.video or default_video_path())}
     pool, per_policy = collect_pool(sessions, cfg.policies, video, cfg.repeats, cfg.noise, cfg.epsilon,
-                                    cfg.seed, progress=True, meta=meta, keep=cfg.keep)
+                                    cfg.seed, progress=True, meta=meta, keep=cfg.keep,
+                                    label_with=cfg.label_with, append_to=earlier)
     pool.save(cfg.out)
     save_config(cfg, cfg.out)
     summary = {"rows": len(pool), "episodes": pool.episode_count, "traces": len(sessions),
                "seconds": round(time.monotonic() - started, 2),
                "mean_qoe_by_policy": {p: float(np.mean(v)) for p, v in per_policy.items() if v},
-               "episodes_kept_by_policy": {p: int(np.sum(pool.episode_policy == p)) for p in cfg.policies}}
+               "episodes_kept_by_policy": {p: int(np.sum(pool.episode_policy == p)) for p in cfg.policies},
+               "appended_episodes": earlier.episode_count if earlier is not None else 0,
+               "relabelled_decisions": pool.relabelled_rows()}
     write_summary(summary, cfg.out)
     print(f"pool: {len(pool)} decisions in {pool.episode_count} episodes -> {cfg.out}")
+    if cfg.label_with:
+        print(f"labels from {cfg.label_with}: {pool.relabelled_rows()} decisions differ from the level played")
     return 0
+
+
+def _load_earlier_pool(folder: Path | None) -> Any:
+    from training.pool import PoolError, load_pool
+
+    if folder is None:
+        return None
+    try:
+        return load_pool(folder)
+    except PoolError as exc:
+        raise CommandError(f"--append-to: {exc}") from exc

@@ -4,7 +4,10 @@ On disk a pool is a folder with two files (no pickle anywhere):
 
 `pool.npz` (numpy, loadable with allow_pickle=False), one row per decision, episodes stored contiguously:
 - `observations` float32 (N, OBS_DIM): `controller.netllm.abr_features.OBS_COLUMNS` (units in that module)
-- `actions` int64 (N,): level chosen at that decision
+- `actions` int64 (N,): level chosen at that decision (the one played: the model sees these as its history)
+- `labels` int64 (N,), optional: the level training teaches at that decision. Absent, or equal to `actions`,
+  for an expert's own episodes; in relabelled episodes (`netllm collect --label-with EXPERT`, DAgger-style)
+  it is the expert's choice in the state the playing policy reached, which that policy may not have taken
 - `rewards` float32 (N,): QoE term (`netllm.qoe.chunk_qoe`) of the chunk that decision fetched
 - `dones` bool (N,): True on the last decision of an episode
 - `episode_trace` str (E,): trace name of each episode; `episode_policy` str (E,): policy that played it
@@ -49,6 +52,13 @@ class ExperiencePool:
     episode_start_index: np.ndarray
     episode_seed: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    """Training targets where they differ from `actions` (see the module docstring); None: the actions."""
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The level the loss teaches at each row: `labels` when present, else `actions`."""
+        return self.actions if self.labels is None else self.labels
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -87,16 +97,21 @@ class ExperiencePool:
         return ExperiencePool(self.observations[rows], self.actions[rows], self.rewards[rows],
                               self.dones[rows], self.episode_trace[episodes], self.episode_policy[episodes],
                               self.episode_start_index[episodes], self.episode_seed[episodes],
-                              dict(self.meta))
+                              dict(self.meta), None if self.labels is None else self.labels[rows])
+
+    def relabelled_rows(self) -> int:
+        """Rows whose training target differs from the action played."""
+        return 0 if self.labels is None else int(np.sum(self.labels != self.actions))
 
     def save(self, out_dir: Path) -> Path:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         validate(self, out_dir)
+        optional = {} if self.labels is None else {"labels": self.labels}
         np.savez_compressed(out_dir / ARRAYS_FILE, observations=self.observations, actions=self.actions,
                             rewards=self.rewards, dones=self.dones, episode_trace=self.episode_trace,
                             episode_policy=self.episode_policy, episode_start_index=self.episode_start_index,
-                            episode_seed=self.episode_seed)
+                            episode_seed=self.episode_seed, **optional)
         meta = dict(self.meta)
         meta.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                      "observation_columns": list(OBS_COLUMNS), "rows": len(self),
@@ -112,17 +127,23 @@ class PoolBuilder:
         self._obs: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._rewards: list[np.ndarray] = []
+        self._labels: list[np.ndarray | None] = []
         self._episodes: list[tuple[str, str, int, int]] = []
 
     def add_episode(self, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, trace: str,
-                    policy: str, start_index: int = 1, seed: int = 0) -> None:
+                    policy: str, start_index: int = 1, seed: int = 0,
+                    labels: np.ndarray | None = None) -> None:
+        """One episode; `labels` (optional): the training targets where an expert relabelled it."""
         obs = np.asarray(observations, dtype=np.float32)
         n = obs.shape[0]
         if n == 0:
             return
-        if obs.shape != (n, OBS_DIM) or len(actions) != n or len(rewards) != n:
+        if obs.shape != (n, OBS_DIM) or len(actions) != n or len(rewards) != n or \
+                (labels is not None and len(labels) != n):
             raise PoolError(f"episode {trace}/{policy}: observations {obs.shape}, {len(actions)} actions, "
-                            f"{len(rewards)} rewards do not line up")
+                            f"{len(rewards)} rewards{'' if labels is None else f', {len(labels)} labels'} "
+                            "do not line up")
+        self._labels.append(None if labels is None else np.asarray(labels, dtype=np.int64))
         self._obs.append(obs)
         self._actions.append(np.asarray(actions, dtype=np.int64))
         self._rewards.append(np.asarray(rewards, dtype=np.float32))
@@ -131,15 +152,27 @@ class PoolBuilder:
     def __len__(self) -> int:
         return len(self._episodes)
 
+    def add_pool(self, pool: ExperiencePool) -> None:
+        """Every episode of an existing pool, in order (aggregating pools, as DAgger rounds do)."""
+        targets = pool.targets
+        for e, (start, end) in enumerate(pool.episode_bounds()):
+            self.add_episode(pool.observations[start:end], pool.actions[start:end], pool.rewards[start:end],
+                             str(pool.episode_trace[e]), str(pool.episode_policy[e]),
+                             int(pool.episode_start_index[e]), int(pool.episode_seed[e]),
+                             None if pool.labels is None else targets[start:end])
+
     def build(self, meta: dict[str, Any] | None = None) -> ExperiencePool:
         if not self._episodes:
             raise PoolError("the pool is empty: no episode was added")
         dones = np.concatenate([np.eye(1, len(a), len(a) - 1, dtype=bool)[0] for a in self._actions])
         traces, policies, starts, seeds = zip(*self._episodes)
+        labels = None
+        if any(lab is not None for lab in self._labels):  # unlabelled episodes teach their own actions
+            labels = np.concatenate([a if lab is None else lab for a, lab in zip(self._actions, self._labels)])
         return ExperiencePool(np.concatenate(self._obs), np.concatenate(self._actions),
                               np.concatenate(self._rewards), dones, np.array(traces, dtype=str),
                               np.array(policies, dtype=str), np.array(starts, dtype=np.int64),
-                              np.array(seeds, dtype=np.int64), dict(meta or {}))
+                              np.array(seeds, dtype=np.int64), dict(meta or {}), labels)
 
 
 def validate(pool: ExperiencePool, where: Path | str) -> None:
@@ -160,6 +193,11 @@ def validate(pool: ExperiencePool, where: Path | str) -> None:
         raise bad("rewards", "non-finite values")
     if n and ((pool.actions < 0).any() or (pool.actions >= LEVELS).any()):
         raise bad("actions", f"levels must be in 0..{LEVELS - 1}")
+    if pool.labels is not None:
+        if pool.labels.shape != (n,):
+            raise bad("labels", f"shape {pool.labels.shape}, expected ({n},)")
+        if n and ((pool.labels < 0).any() or (pool.labels >= LEVELS).any()):
+            raise bad("labels", f"levels must be in 0..{LEVELS - 1}")
     if n and not pool.dones[-1]:
         raise bad("dones", "the last row must end an episode")
     episodes = int(pool.dones.sum())
@@ -198,7 +236,8 @@ def load_pool(folder: Path) -> ExperiencePool:
                           arrays["rewards"].astype(np.float32), arrays["dones"].astype(bool),
                           arrays["episode_trace"].astype(str), arrays["episode_policy"].astype(str),
                           arrays["episode_start_index"].astype(np.int64),
-                          arrays["episode_seed"].astype(np.int64), meta)
+                          arrays["episode_seed"].astype(np.int64), meta,
+                          arrays["labels"].astype(np.int64) if "labels" in arrays else None)
     validate(pool, arrays_path)
     return pool
 
@@ -213,6 +252,9 @@ def iter_windows(bounds: np.ndarray, window: int, stride: int | None = None) -> 
 
 class WindowSampler:
     """Decision-Transformer training windows: `window` consecutive rows of one episode, right-padded.
+
+    `actions` are the levels played (the model's history tokens); `labels` the levels the loss teaches
+    (the pool's `targets`: the same except in relabelled episodes).
 
     A window starts at a uniformly drawn row and stops at `window` rows or at its episode's end, whichever
     comes first, so no window ever mixes two episodes. Padded rows have mask False (and action 0, return 0).
@@ -229,6 +271,7 @@ class WindowSampler:
         self.episode_end = np.repeat(bounds[:, 1], bounds[:, 1] - bounds[:, 0])
         self.returns = (pool.returns_to_go() / return_scale).astype(np.float32)
         self.timesteps = pool.observations[:, COL["chunk_index"]].astype(np.int64)
+        self.targets = pool.targets
 
     def sample_spans(self, batch_size: int) -> list[tuple[int, int]]:
         """[start, end) row spans of `batch_size` random windows."""
@@ -244,6 +287,7 @@ class WindowSampler:
         out = {"returns": np.zeros((b, w), np.float32),
                "states": np.zeros((b, w, OBS_DIM), np.float32),
                "actions": np.zeros((b, w), np.int64),
+               "labels": np.zeros((b, w), np.int64),
                "timesteps": np.zeros((b, w), np.int64),
                "mask": np.zeros((b, w), bool)}
         for i, (start, end) in enumerate(spans):
@@ -253,6 +297,7 @@ class WindowSampler:
             out["returns"][i, :n] = self.returns[start:end]
             out["states"][i, :n] = self.pool.observations[start:end]
             out["actions"][i, :n] = self.pool.actions[start:end]
+            out["labels"][i, :n] = self.targets[start:end]
             out["timesteps"][i, :n] = self.timesteps[start:end]
             out["mask"][i, :n] = True
         return out

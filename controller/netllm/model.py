@@ -131,10 +131,14 @@ class NetLLMAbr(nn.Module):
         return self.head(at_state)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of the pool's actions over the real (unpadded) steps of the batch."""
+        """Mean cross-entropy of the target levels over the real (unpadded) steps of the batch.
+
+        The inputs hold the actions played; the targets are `labels` when the batch has them (an expert's
+        choice in a relabelled episode), else the actions themselves. Step t's logits never see action t."""
         logits = self(batch["returns"], batch["states"], batch["actions"], batch["timesteps"])
         mask = batch["mask"]
-        return F.cross_entropy(logits[mask], batch["actions"][mask])
+        targets = batch.get("labels", batch["actions"])
+        return F.cross_entropy(logits[mask], targets[mask])
 
     # ---- incremental decoding (KV-cache serving) ----
     def step_input(self, ret: torch.Tensor, state: torch.Tensor, timestep: torch.Tensor,
