@@ -132,3 +132,14 @@ def test_collect_command_labels_and_appends(tmp_path: Path, capsys) -> None:
     assert main(["collect", "--out", str(tmp_path / "x"), "--policies", "bba", "--append-to",
                  str(tmp_path / "missing"), *common]) == 2
     assert "--append-to" in capsys.readouterr().err
+
+
+def test_an_expert_labelling_its_own_play_agrees_everywhere() -> None:
+    """The shadow sees exactly what the player saw: robustMPC labelling robustMPC's episodes (noise and
+    random starts included) reproduces every action."""
+    from training.collect import collect_pool
+
+    pool, _ = collect_pool(synthetic_sessions(2, seed=5), ["robustmpc"], synthetic_video(), repeats=3, seed=4,
+                           label_with="robustmpc")
+    assert pool.labels is not None and len(pool) > 0
+    assert pool.relabelled_rows() == 0
