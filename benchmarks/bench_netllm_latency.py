@@ -2,7 +2,8 @@
 
 Each decision is one `select_quality` call (feature extraction, return-to-go update, the LLM, the head),
 over whole sessions of `--chunks` decisions with a `--window`-step context, LoRA merged into the body as in
-serving. Three schemes are timed:
+serving (`--window`: the served context; the issue's benchmark is the 20-step one). Three schemes are
+timed:
 - recompute: the whole window re-encoded at every decision;
 - kv: incremental decoding, decisions back to back (a decision that follows a window refresh waits for it);
 - kv-paced: the same with `--gap-ms` between decisions, as in a live session where a chunk downloads between
@@ -45,7 +46,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         return load_checkpoint(Path(args.checkpoint), device=args.device, dtype=args.dtype, merge_lora=True)
     started = time.perf_counter()
     body, info = load_backbone(BackboneSpec.parse(args.backbone), device=args.device, dtype=args.dtype)
-    model = build(NetLLMConfig(hidden_size=info.hidden_size, window=args.window), body)
+    model = build(NetLLMConfig(hidden_size=info.hidden_size, window=args.window or 20), body)
     model.backbone = model.backbone.merge_and_unload()
     model.requires_grad_(False)
     model.eval()
@@ -53,13 +54,15 @@ def build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def time_scheme(model: Any, mode: str, sessions: list[list[Any]], gap_s: float,
-                decisions: list[int] | None = None, lean: bool = True) -> list[float]:
-    """Latency (ms) of every decision; the levels chosen are appended to `decisions` when given."""
+                decisions: list[int] | None = None, lean: bool = True,
+                window: int | None = None) -> list[float]:
+    """Latency (ms) of every decision with `window` steps of context (None: the model's); the levels chosen
+    are appended to `decisions` when given."""
     import torch
 
     from controller.policies.netllm_policy import NetLLMPolicy
 
-    policy = NetLLMPolicy.from_model(model, inference=mode, lean=lean)
+    policy = NetLLMPolicy.from_model(model, inference=mode, lean=lean, window=window)
     cuda = next(model.parameters()).device.type == "cuda"
     latencies = []
     for session in sessions:
@@ -77,11 +80,12 @@ def time_scheme(model: Any, mode: str, sessions: list[list[Any]], gap_s: float,
     return latencies
 
 
-def int8_agreement(reference: Any, sessions: list[list[Any]], int8_levels: list[int]) -> float:
+def int8_agreement(reference: Any, sessions: list[list[Any]], int8_levels: list[int],
+                   window: int | None = None) -> float:
     """Share of the int8 model's decisions that the unquantised `reference` takes on the same observations:
     quantisation changes hidden states, and what matters is whether it changes answers."""
     levels: list[int] = []
-    time_scheme(reference, "kv", sessions, 0.0, levels)
+    time_scheme(reference, "kv", sessions, 0.0, levels, window=window)
     return float(np.mean(np.asarray(levels) == np.asarray(int8_levels)))
 
 
@@ -103,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="none or a CPU serving scheme of controller.netllm.quantize (int8, int8-full, ...)")
     parser.add_argument("--smooth-alpha", type=float, default=None,
                         help="int8 activation smoothing strength (default: the serving default; 0: off)")
-    parser.add_argument("--window", type=int, default=20, help="context steps (ignored with --checkpoint)")
+    parser.add_argument("--window", type=int, default=0,
+                        help="context steps (0: 20, or with --checkpoint its trained window; a checkpoint "
+                             "can be timed at a shorter served window, e.g. its serving.context_steps)")
     parser.add_argument("--sessions", type=int, default=3)
     parser.add_argument("--chunks", type=int, default=47, help="decisions per session")
     parser.add_argument("--gap-ms", type=float, default=300.0, help="pause between decisions for kv-paced")
@@ -133,21 +139,22 @@ def main(argv: list[str] | None = None) -> int:
             quant = dataclasses.replace(quant, smooth_alpha=args.smooth_alpha)
         model = quantize_int8(model, quant)
     sessions = [synthetic_session(args.chunks, seed) for seed in range(args.sessions)]
-    time_scheme(model, "kv", [sessions[0][:3]], 0.0, lean=lean)  # warm-up (allocator, kernels)
+    window = args.window or model.cfg.window
+    time_scheme(model, "kv", [sessions[0][:3]], 0.0, lean=lean, window=window)  # warm-up (allocator, kernels)
     results: dict[str, Any] = {
         "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
-        "quantize": args.quantize, "window": model.cfg.window, "lean_decoder": lean,
+        "quantize": args.quantize, "window": window, "lean_decoder": lean,
         "backbone": meta.get("backbone", meta.get("backbone_loaded")), "schemes": {}}
     levels: dict[str, list[int]] = {}
     for scheme in args.schemes.split(","):
         mode, gap = ("kv", args.gap_ms / 1000.0) if scheme == "kv-paced" else (scheme, 0.0)
-        s = stats(time_scheme(model, mode, sessions, gap, levels.setdefault(scheme, []), lean))
+        s = stats(time_scheme(model, mode, sessions, gap, levels.setdefault(scheme, []), lean, window))
         results["schemes"][scheme] = s
         print(f"{scheme:>10}: p50 {s['p50_ms']:8.1f} ms   p99 {s['p99_ms']:8.1f} ms   "
               f"mean {s['mean_ms']:8.1f} ms   ({s['decisions']} decisions)", flush=True)
     kv_levels = levels.get("kv") or levels.get("kv-paced")
     if reference is not None and kv_levels:
-        results["int8_decision_agreement"] = int8_agreement(reference, sessions, kv_levels)
+        results["int8_decision_agreement"] = int8_agreement(reference, sessions, kv_levels, window)
         print(f"int8 vs unquantised: {results['int8_decision_agreement']:.1%} of kv decisions identical")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,30 @@ def test_new_session_restarts_the_context(ckpt: Path) -> None:
     assert policy.context_steps == 1 and policy._return == pytest.approx(policy.target_return * 41)
 
 
+def test_served_window_bounds_the_context(ckpt: Path, tmp_path: Path) -> None:
+    """`window` (or the checkpoint's serving.context_steps) caps the context; kv refreshes to the last
+    window // 2 steps, so a 3-step window alternates between 2 and 3 steps after its first decisions."""
+    import shutil
+
+    short = NetLLMPolicy(checkpoint=ckpt, window=3)
+    seen = []
+    for c in range(1, 10):
+        short.select_quality(observation(c, last_quality=c % 6))
+        seen.append(short.context_steps)
+    assert seen == [1, 2, 3, 2, 3, 2, 3, 2, 3]
+    assert NetLLMPolicy(checkpoint=ckpt)._window.window == 6  # no serving choice: the trained window
+    chosen = tmp_path / "chosen"
+    shutil.copytree(ckpt, chosen)
+    doc = json.loads((chosen / "netllm_config.json").read_text())
+    doc["serving"]["context_steps"] = 4
+    (chosen / "netllm_config.json").write_text(json.dumps(doc))
+    assert NetLLMPolicy(checkpoint=chosen)._window.window == 4
+    assert NetLLMPolicy(checkpoint=chosen, window=5)._window.window == 5  # the option wins
+    for bad in (1, 7, "3", True):
+        with pytest.raises(ValueError, match="from 2 to the trained window"):
+            NetLLMPolicy(checkpoint=ckpt, window=bad)
+
+
 def test_greedy_is_deterministic_and_sampling_is_seeded(ckpt: Path) -> None:
     def run(**opts) -> list[int]:
         policy = NetLLMPolicy(checkpoint=ckpt, **opts)

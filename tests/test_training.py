@@ -190,20 +190,26 @@ def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -
     assert summary["valid_quantize"] == "int8-split" and summary["valid_sessions"] == 2  # served as on a CPU
     assert np.isfinite(summary["best_score"])
     serving = json.loads((out / "best" / "netllm_config.json").read_text())["serving"]
-    assert serving["target_quantile"] in (0.5, 1.0)
+    assert serving["target_quantile"] in (0.5, 1.0) and serving["context_steps"] == 8
     rows = _rows(out / "loss.csv")
     assert [r["valid_qoe"] != "" for r in rows] == [False, True, False, True]
     # --select-only: best/ and last/ at each target, scored on the same validation traces; winner in selected/
     rc = main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--device", "cpu",
                "--select-only", "--select-by", "sim", "--valid-trace-dir", str(valid), "--video", str(video),
-               "--target-quantiles", "0.25,0.5", "--save-dtype", "bfloat16"])
+               "--target-quantiles", "0.25,0.5", "--serving-windows", "2,8", "--save-dtype", "bfloat16"])
     assert rc == 0
     selection = json.loads((out / "selection.json").read_text())
-    assert set(selection["scores"]) == {"best@0.25", "best@0.5", "last@0.25", "last@0.5"}
+    assert set(selection["scores"]) == {f"{c}@{q}/w{w}" for c in ("best", "last") for q in ("0.25", "0.5")
+                                        for w in (2, 8)}
     assert selection["scores"][selection["winner"]] == max(selection["scores"].values())
     assert selection["valid_sessions"] == 2 and selection["valid_quantize"] == "int8-split"
     chosen = json.loads((out / "selected" / "netllm_config.json").read_text())
     assert chosen["storage_dtype"] == "bfloat16" and chosen["serving"]["target_quantile"] in (0.25, 0.5)
+    assert f"/w{chosen['serving']['context_steps']}" in selection["winner"]  # the served window is recorded
+    assert main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--select-only",
+                 "--valid-trace-dir", str(valid), "--serving-windows", "1"]) == 2  # below 2
+    assert main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--select-only",
+                 "--valid-trace-dir", str(valid), "--video", str(video), "--serving-windows", "9"]) == 2
     assert not list((out / "selected").glob("train_state*"))
     from controller.netllm.checkpoint import load_checkpoint
 

@@ -13,7 +13,8 @@ validation data and the best score is kept in `OUT/best`:
   (`--valid-quantize`: int8-split on a CPU);
 - `--select-by loss`: the action cross-entropy on pool episodes held out by trace (`--valid-fraction`).
 At the end the best checkpoint's serving target return is chosen the same way among quantiles of the pool's
-per-episode mean QoE (`--target-quantiles`) and written into `OUT/best/netllm_config.json`.
+per-episode mean QoE (`--target-quantiles`), jointly with the context served (`--serving-windows`; default
+the trained window), and written into `OUT/best/netllm_config.json`.
 
 Outputs in `--out`: config.json (resolved), loss.csv (one row per optimizer step; eval columns filled on eval
 steps), best/ (selected checkpoint, stored in `--save-dtype`), last/ (float32 + optimizer state for
@@ -87,6 +88,11 @@ class Config:
                                                 "the pool's per-episode mean QoE")
     target_quantiles: list[float] = arg([0.25, 0.5, 0.75, 0.9],
                                         help="candidate serving targets tried on validation at the end")
+    # A model trained on 20-step windows may do better served with fewer: the shipped ABR model scored higher
+    # on validation and on its training traces with 3 (its long history of cautious levels held it back).
+    serving_windows: list[int] = arg([], help="candidate served context lengths (steps, 2 .. the trained "
+                                              "window) tried with each target at the end; empty: the "
+                                              "trained window only")
     save_dtype: str = arg("float32", help="storage dtype of best/: float32, bfloat16 or float16")
     seed: int = arg(0, help="seed of initialisation, window sampling and dropout")
     threads: int = arg(0, help="torch CPU threads (0: torch's default)")
@@ -99,7 +105,8 @@ class Config:
                                             "best/ or last/, or a shipped model; same backbone and model "
                                             "config), with a fresh optimizer, schedule and counters")
     select_only: bool = arg(False, help="train nothing: score OUT/best and OUT/last at every --target-quantiles "
-                                        "target on validation and write the winner to OUT/selected")
+                                        "target (and --serving-windows window) on validation and write the "
+                                        "winner to OUT/selected")
 
 
 @dataclass
@@ -135,6 +142,10 @@ def _check(cfg: Config) -> None:
         raise CommandError("--init-from starts a new run from a checkpoint, --resume continues OUT: use one")
     if not all(0 <= q <= 1 for q in [*cfg.target_quantiles, cfg.eval_target_quantile]):
         raise CommandError("target quantiles must be in [0, 1]")
+    if not all(w >= 2 for w in cfg.serving_windows):
+        raise CommandError("--serving-windows must be >= 2 (and at most the trained window)")
+    if not cfg.select_only and any(w > cfg.window for w in cfg.serving_windows):
+        raise CommandError(f"--serving-windows: at most --window ({cfg.window})")
     try:
         _valid_quantize(cfg)
     except ValueError as exc:
@@ -175,14 +186,15 @@ def validation_loss(model: Any, pool: Any, cfg: Config, device: Any) -> float:
 
 
 def simulate_mean_qoe(model: Any, sessions: list[Any], video: Any, target_per_chunk: float,
-                      quantize: str = "none") -> float:
+                      quantize: str = "none", window: int | None = None) -> float:
     """Mean over sessions of the per-chunk QoE (chunk 0 skipped) of the in-memory model as a policy, served
-    with `quantize` (a resolved scheme, see `_serving_copy`)."""
+    with `quantize` (a resolved scheme, see `_serving_copy`) and `window` steps of context (None: trained)."""
     from controller.policies.netllm_policy import NetLLMPolicy
     from emulation.abr_sim import SimConfig, simulate_session
 
     was_training = model.training
-    policy = NetLLMPolicy.from_model(_serving_copy(model, quantize), target_return=target_per_chunk)
+    policy = NetLLMPolicy.from_model(_serving_copy(model, quantize), target_return=target_per_chunk,
+                                     window=window)
     scores = [simulate_session(policy, s.trace, video, start_index=s.start_index, config=SimConfig()).mean_qoe
               for s in sessions]
     model.train(was_training)
@@ -309,15 +321,37 @@ def _choose_target(cfg: Config, val: Validation, pool: Any, best_dir: Path) -> d
     from controller.netllm.checkpoint import CONFIG_FILE, load_checkpoint
 
     model, _ = load_checkpoint(best_dir, device=cfg.device, dtype=cfg.dtype, merge_lora=True)
-    quantize = _valid_quantize(cfg)
-    scores = {f"{q:g}": simulate_mean_qoe(model, val.sessions, val.video, _target(pool, q), quantize)
-              for q in cfg.target_quantiles}
-    best_q = max(scores, key=lambda k: scores[k])
+    scores = _serving_scores(model, cfg, val, pool)
+    best_q, best_w = _candidate(max(scores, key=lambda k: scores[k]), model.cfg.window)
     doc = json.loads((best_dir / CONFIG_FILE).read_text())
-    doc["serving"]["target_return_per_chunk"] = _target(pool, float(best_q))
-    doc["serving"]["target_quantile"] = float(best_q)
+    doc["serving"].update(_served(pool, best_q, best_w))
     (best_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return scores
+
+
+def _serving_scores(model: Any, cfg: Config, val: Validation, pool: Any) -> dict[str, float]:
+    """Validation QoE of `model` at every (target quantile, served window) candidate, keyed "0.75" (only the
+    trained window) or "0.75/w3" (--serving-windows)."""
+    trained = int(model.cfg.window)
+    windows = list(dict.fromkeys(cfg.serving_windows)) or [trained]
+    if max(windows) > trained:
+        raise CommandError(f"--serving-windows {max(windows)}: longer than the trained window ({trained})")
+    quantize = _valid_quantize(cfg)
+    return {(f"{q:g}/w{w}" if cfg.serving_windows else f"{q:g}"):
+            simulate_mean_qoe(model, val.sessions, val.video, _target(pool, q), quantize, w)
+            for q in cfg.target_quantiles for w in windows}
+
+
+def _candidate(key: str, trained_window: int) -> tuple[float, int]:
+    """(target quantile, served window) of a `_serving_scores` key."""
+    quantile, _, window = key.partition("/w")
+    return float(quantile), int(window) if window else trained_window
+
+
+def _served(pool: Any, quantile: float, window: int) -> dict[str, Any]:
+    """The checkpoint's `serving` entries for a chosen (target quantile, served window)."""
+    return {"target_return_per_chunk": _target(pool, quantile), "target_quantile": quantile,
+            "context_steps": window}
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -435,16 +469,18 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
     train_pool, held_out = split_pool(pool, cfg.valid_fraction, cfg.seed)
     val = _validation(cfg, held_out, pool.meta)
     scores: dict[str, float] = {}
+    trained_window = {}
     for name in ("best", "last"):
         if (out / name / CONFIG_FILE).is_file():
             model, _ = load_checkpoint(out / name, device=cfg.device, dtype=cfg.dtype, merge_lora=True)
-            for q in cfg.target_quantiles:
-                scores[f"{name}@{q:g}"] = simulate_mean_qoe(model, val.sessions, val.video, _target(train_pool, q),
-                                                            _valid_quantize(cfg))
+            trained_window[name] = int(model.cfg.window)
+            scores.update({f"{name}@{key}": score
+                           for key, score in _serving_scores(model, cfg, val, train_pool).items()})
     if not scores:
         raise CommandError(f"{out}: no best/ or last/ checkpoint to select from")
     winner = max(scores, key=lambda k: scores[k])
-    name, quantile = winner.split("@")
+    name, key = winner.split("@")
+    quantile, window = _candidate(key, trained_window[name])
     selected = out / "selected"
     shutil.rmtree(selected, ignore_errors=True)
     shutil.copytree(out / name, selected, ignore=shutil.ignore_patterns("train_state.*"))
@@ -453,8 +489,7 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
                    for k, v in load_file(str(f)).items()}
         save_file(tensors, str(f), metadata={"format": "pt"})
     doc = json.loads((selected / CONFIG_FILE).read_text())
-    doc["serving"].update(target_return_per_chunk=_target(train_pool, float(quantile)),
-                          target_quantile=float(quantile))
+    doc["serving"].update(_served(train_pool, quantile, window))
     doc["storage_dtype"] = cfg.save_dtype
     (selected / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     result = {"scores": scores, "winner": winner, "valid_sessions": len(val.sessions),

@@ -11,6 +11,10 @@ Options (constructor keywords, e.g. `--policy-options '{"checkpoint": "runs/abr/
   validation traces by `netllm train`).
 - `inference`: kv (incremental decoding with a KV cache, default) or recompute
   (see controller.netllm.inference).
+- `window`: steps of context served (2 .. the trained window); default: the checkpoint's
+  `serving.context_steps` (chosen on validation traces), else the trained window. In kv mode the context
+  then runs from window // 2 + 1 to `window` steps. The shipped model serves 3 of its 20 (higher QoE on the
+  validation and the training traces: models/README.md).
 - `temperature`, `seed`: sampling only.
 - `backbone_path`: where a checkpoint trained on a local model folder finds it on this machine (default: the
   path recorded at training; its fingerprint must match).
@@ -101,6 +105,17 @@ def shared_model(checkpoint: Path, device: str = "auto", quantize: str = "auto",
         return _MODELS[key]
 
 
+def served_window(model: Any, serving: dict[str, Any], window: int | None) -> int:
+    """The context length to serve: `window`, else the checkpoint's serving.context_steps, else the trained
+    window; 2 .. trained window (a 1-step window would leave the KV cache nothing to keep between decisions,
+    and longer ones than trained were never seen)."""
+    trained = int(model.cfg.window)
+    chosen = window if window is not None else serving.get("context_steps", trained)
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or not 2 <= chosen <= trained:
+        raise ValueError(f"window {chosen!r}: use an integer from 2 to the trained window ({trained})")
+    return chosen
+
+
 class NetLLMPolicy(AbrPolicy):
     name: ClassVar[str] = "netllm"
     blocking: ClassVar[bool] = True
@@ -108,26 +123,28 @@ class NetLLMPolicy(AbrPolicy):
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto", sample: bool = False,
                  target_return: float | None = None, seed: int = 0, temperature: float = 1.0,
                  inference: str = "kv", quantize: str | None = None,
-                 backbone_path: str | None = None) -> None:
+                 backbone_path: str | None = None, window: int | None = None) -> None:
         path = Path(checkpoint) if checkpoint else default_checkpoint()
         if not (path / "netllm_config.json").is_file():
             raise FileNotFoundError(f"{path}: no NetLLM checkpoint here (netllm_config.json); train one with "
                                     "`netllm train` or pass checkpoint=DIR")
         model, meta = shared_model(path, device, quantize or default_quantize(), backbone_path)
-        self._setup(model, meta.get("serving", {}), sample, target_return, seed, temperature, inference)
+        self._setup(model, meta.get("serving", {}), sample, target_return, seed, temperature, inference,
+                    window=window)
 
     @classmethod
     def from_model(cls, model: Any, serving: dict[str, Any] | None = None, target_return: float | None = None,
                    sample: bool = False, seed: int = 0, temperature: float = 1.0,
-                   inference: str = "kv", lean: bool = True) -> "NetLLMPolicy":
+                   inference: str = "kv", lean: bool = True, window: int | None = None) -> "NetLLMPolicy":
         """A policy around an in-memory model (validation during training, tests, benchmarks; `lean`: see
         controller.netllm.inference.DecisionWindow)."""
         policy = cls.__new__(cls)
-        policy._setup(model, serving or {}, sample, target_return, seed, temperature, inference, lean)
+        policy._setup(model, serving or {}, sample, target_return, seed, temperature, inference, lean, window)
         return policy
 
     def _setup(self, model: Any, serving: dict[str, Any], sample: bool, target_return: float | None,
-               seed: int, temperature: float, inference: str, lean: bool = True) -> None:
+               seed: int, temperature: float, inference: str, lean: bool = True,
+               window: int | None = None) -> None:
         import torch
 
         from controller.netllm.inference import DecisionWindow
@@ -145,7 +162,8 @@ class NetLLMPolicy(AbrPolicy):
         self.temperature = float(temperature)
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._window = DecisionWindow(model, mode=inference, lean=lean)
+        self._window = DecisionWindow(model, mode=inference, lean=lean,
+                                      window=served_window(model, serving, window))
         self._prev_features: np.ndarray | None = None
         self._prev_chunk = -1
         self._session = ""
