@@ -12,7 +12,9 @@ Test splits are for this report only: checkpoints are selected on the validation
         --max-traces 20
 
 Each split's full `netllm sim` results (summary.json, sessions.csv, chunks.parquet) go to OUT/<split>/;
-the table is printed and written to OUT/qoe_table.json.
+the table is printed and written to OUT/qoe_table.json. With `--reference` (default robustmpc, when it is among
+the policies) each split also gets paired comparisons with it, trace by trace (`netllm report --reference`):
+the mean QoE difference with its 95% interval, wins / ties / losses and a Wilcoxon p-value.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def run_split(split: str, args: argparse.Namespace, out: Path) -> dict[str, dict
     return json.loads((out / "summary.json").read_text())
 
 
+def paired_rows(split_out: Path, policies: list[str], reference: str) -> list[dict]:
+    """Every policy against `reference`, session by session, from one split's chunk log."""
+    from emulation.report import load_chunks, paired_table, print_paired, session_table
+
+    table = paired_table(session_table(load_chunks(split_out)), policies, reference)
+    print_paired(table)
+    return table.to_dict("records")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(REPO_ROOT / "models" / "netllm-abr-smollm2"))
@@ -62,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulator worker processes (each loads the LLM)")
     parser.add_argument("--quantize", default="auto",
                         help="the netllm policy's quantize option (auto, none, int8, int8-split, ...)")
+    parser.add_argument("--reference", default="robustmpc",
+                        help="policy to pair the others with, per split (skipped when not in --policies)")
     parser.add_argument("--out", default="runs/bench-netllm-qoe")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "netllm_config.json").is_file():
@@ -81,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split:<18}" + "".join(f"{row[n]:>15.4f}" for n in names))
     doc = {"checkpoint": args.checkpoint, "quantize": args.quantize, "max_traces": args.max_traces,
            "table": table}
+    if args.reference in names and len(names) > 1:
+        doc["paired"] = {}
+        for split in table:
+            print(f"\n{split}, paired with {args.reference} (difference of mean QoE, 95% interval):")
+            doc["paired"][split] = paired_rows(out / split, names, args.reference)
     (out / "qoe_table.json").write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -11,6 +11,12 @@ Writes to `--out`: `qoe_box.png` (per-policy box plot of session QoE), `qoe_cdf.
 buffer and throughput over one session: `--session ID`, default the first), `sessions.csv` (one row per
 session), `summary.json` (per policy: sessions, mean/median QoE, mean bitrate, rebuffer ratio; the plots) and
 `config.json`.
+
+With `--reference POLICY` (e.g. robustmpc) every other policy is also compared with it session by session:
+sessions on the same trace are paired (the k-th session of a trace with the reference's k-th on it; with
+`netllm sim` they share the start index too), and `paired.csv` and the summary's `paired` entry give the mean
+QoE difference with its 95% interval, wins / ties / losses and a Wilcoxon signed-rank p-value. Unpaired
+intervals hide small differences under the spread between traces; paired ones do not.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class Config:
     session: str = arg("", help="session id for the timeline plot (default: the first session)")
     policies: list[str] = arg([], help="policies to show, in this order (default: all, in log order)")
     chunk_duration_s: float = arg(4.0, help="seconds of video per chunk (for the rebuffer ratio)")
+    reference: str = arg("", help="compare every other policy with this one, session by session on the same "
+                                  "traces (paired.csv; default: no paired comparison)")
 
 
 def load_chunks(results: Path) -> Any:
@@ -190,6 +198,38 @@ def plot_timeline(chunks: Any, session_id: str, path: Path) -> None:
     plt.close(fig)
 
 
+def paired_table(sessions: Any, policies: list[str], reference: str) -> Any:
+    """One row per policy other than `reference`: its paired QoE difference with the reference
+    (netllm.evaluation.paired_difference) over the traces both played, and how many sessions had no partner."""
+    import pandas as pd
+
+    from netllm.evaluation import paired_difference
+
+    if reference not in policies:
+        raise CommandError(f"reference policy {reference!r} has no sessions here; present: {', '.join(policies)}")
+    keyed = sessions.assign(occurrence=sessions.groupby(["policy", "trace"]).cumcount())
+    ref = keyed[keyed["policy"] == reference][["trace", "occurrence", "mean_qoe"]]
+    rows = []
+    for policy in policies:
+        if policy == reference:
+            continue
+        mine = keyed[keyed["policy"] == policy][["trace", "occurrence", "mean_qoe"]]
+        both = mine.merge(ref, on=["trace", "occurrence"], suffixes=("", "_ref")).dropna()
+        if both.empty:
+            raise CommandError(f"{policy} and {reference} share no trace: nothing to pair")
+        diff = paired_difference(both["mean_qoe"].tolist(), both["mean_qoe_ref"].tolist())
+        rows.append({"policy": policy, "reference": reference, **vars(diff),
+                     "unpaired_sessions": int(len(mine) + len(ref) - 2 * len(both))})
+    return pd.DataFrame(rows)
+
+
+def print_paired(table: Any) -> None:
+    for row in table.itertuples():
+        print(f"{row.policy} - {row.reference}: {row.mean_diff:+.4f} [{row.ci95_low:+.4f}, {row.ci95_high:+.4f}] "
+              f"over {row.pairs} pairs, wins/ties/losses {row.wins}/{row.ties}/{row.losses}, "
+              f"Wilcoxon p {row.wilcoxon_p:.3g}")
+
+
 def _finite(value: Any) -> Any:
     """JSON-safe number: NaN (e.g. a one-chunk session's mean) becomes null."""
     value = value.item() if hasattr(value, "item") else value
@@ -213,6 +253,7 @@ def run(cfg: Config) -> int:
     session = cfg.session or str(sessions["session_id"].iloc[0])
     if session not in set(sessions["session_id"]):
         raise CommandError(f"no session {session!r} in {cfg.results}")
+    paired = paired_table(sessions, policies, cfg.reference) if cfg.reference else None
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out)
     timeline = cfg.out / f"timeline_{_safe_name(session)}.png"
@@ -231,6 +272,11 @@ def run(cfg: Config) -> int:
             "mean_bitrate_kbps": s["mean_bitrate_kbps"].mean(),
             "rebuffer_ratio": s["rebuffer_s"].sum() / (s["chunks"].sum() * cfg.chunk_duration_s),
             "switches_per_session": s["switches"].mean()}.items()}
+    if paired is not None:
+        paired.to_csv(cfg.out / "paired.csv", index=False)
+        doc["paired"] = {row["policy"]: {k: _finite(v) for k, v in row.items() if k != "policy"}
+                         for row in paired.to_dict("records")}
+        print_paired(paired)
     write_summary(doc, cfg.out)
     print(f"plots in {cfg.out}: {', '.join(doc['plots'])}")
     return 0

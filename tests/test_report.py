@@ -77,3 +77,47 @@ def test_report_on_sim_results_with_chosen_session(tmp_path):
         run(Config(results=results, out=out, session="nope"))
     with pytest.raises(CommandError, match="no chunks"):
         run(Config(results=tmp_path / "plots", out=out))
+
+
+def test_paired_difference_statistics():
+    from scipy import stats
+
+    from netllm.evaluation import mean_ci95, paired_difference
+
+    ours, ref = [1.0, 0.5, 0.9, 1.2, 0.7], [0.8, 0.5, 1.0, 0.9, 0.4]
+    diff = paired_difference(ours, ref)
+    deltas = [a - b for a, b in zip(ours, ref)]
+    mean, low, high = mean_ci95(deltas)
+    assert (diff.pairs, diff.wins, diff.ties, diff.losses) == (5, 3, 1, 1)
+    assert (diff.mean_diff, diff.ci95_low, diff.ci95_high) == pytest.approx((mean, low, high))
+    # The tied pair is left out of the signed-rank test.
+    assert diff.wilcoxon_p == pytest.approx(stats.wilcoxon([d for d in deltas if d != 0]).pvalue)
+    same = paired_difference(ref, ref)
+    assert (same.mean_diff, same.ties, same.wilcoxon_p) == (0.0, 5, 1.0)
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_report_pairs_policies_with_a_reference(tmp_path):
+    import pandas as pd
+
+    from emulation.report import Config, run
+
+    results = tmp_path / "sim"
+    results.mkdir()
+    sessions = _sessions(("bba", "rb", "robustmpc"), traces=4)
+    pd.DataFrame([r for s in sessions for r in s.rows]).to_parquet(results / "chunks.parquet")
+    out = tmp_path / "plots"
+    assert run(Config(results=results, out=out, reference="robustmpc")) == 0
+    paired = json.loads((out / "summary.json").read_text())["paired"]
+    assert set(paired) == {"bba", "rb"}
+    by_trace = {(s.policy, s.trace): s.mean_qoe for s in sessions}
+    expected = np.mean([by_trace["bba", f"trace{t}"] - by_trace["robustmpc", f"trace{t}"] for t in range(4)])
+    assert paired["bba"]["mean_diff"] == pytest.approx(expected)
+    assert paired["bba"]["pairs"] == 4 and paired["bba"]["unpaired_sessions"] == 0
+    assert paired["bba"]["wins"] + paired["bba"]["ties"] + paired["bba"]["losses"] == 4
+    table = pd.read_csv(out / "paired.csv")
+    assert list(table["policy"]) == ["bba", "rb"] and (table["reference"] == "robustmpc").all()
+    with pytest.raises(CommandError, match="reference policy 'pensieve'"):
+        run(Config(results=results, out=tmp_path / "other", reference="pensieve"))
+    assert not (tmp_path / "other").exists()
