@@ -14,7 +14,12 @@ Each trace is played from `--starts` start samples spread over it (as `netllm tr
         --windows 20,12,8,6,5,4,3,2 --starts 3 --workers 2 --out runs/context
     .venv/bin/python benchmarks/bench_netllm_context.py --split train --starts 1 --windows 20,3
 
-Writes OUT/context.json (per-session QoE included) with --out.
+Each window after the first listed is also compared with the first session by session (the same sessions
+play at every window): mean QoE difference, 95% interval, wins / ties / losses, Wilcoxon p
+(netllm.evaluation.paired_difference). A choice between windows is only worth making where that interval
+excludes zero.
+
+Writes OUT/context.json (per-session QoE and the paired comparisons included) with --out.
 """
 
 from __future__ import annotations
@@ -67,6 +72,21 @@ def play(args: argparse.Namespace, window: int) -> dict[str, Any]:
             "session_qoe": np.round(scores, 6).tolist()}
 
 
+def paired_with_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every window's sessions against the first window's, pair by pair; printed and returned."""
+    from netllm.evaluation import paired_difference
+
+    first = rows[0]
+    out = []
+    for row in rows[1:]:
+        diff = paired_difference(row["session_qoe"], first["session_qoe"])
+        print(f"{row['window']:>3} vs {first['window']} steps: {diff.mean_diff:+.4f} "
+              f"[{diff.ci95_low:+.4f}, {diff.ci95_high:+.4f}], wins/ties/losses "
+              f"{diff.wins}/{diff.ties}/{diff.losses}, Wilcoxon p {diff.wilcoxon_p:.3g}")
+        out.append({"window": row["window"], "reference_window": first["window"], **vars(diff)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(REPO / "models" / "netllm-abr-smollm2"))
@@ -102,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'window':>6} {'mean QoE':>9} {'minutes':>8}   ({len(rows[0]['sessions'])} sessions)")
     for row in rows:
         print(f"{row['window']:>6} {row['mean_qoe']:>9.4f} {row['minutes']:>8.1f}")
+    paired = paired_with_first(rows)
     best = max(rows, key=lambda r: r["mean_qoe"])
     print(f"best: {best['window']} steps")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         doc = {"checkpoint": args.checkpoint, "split": args.trace_dir or args.split, "starts": args.starts,
                "quantize": args.quantize, "inference": args.inference, "best_window": best["window"],
-               "windows": rows}
+               "windows": rows, "paired_with_first": paired}
         (Path(args.out) / "context.json").write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -31,5 +31,9 @@ def test_scores_each_served_window_and_refuses_test_splits(tmp_path: Path) -> No
     for row in doc["windows"]:
         assert len(row["session_qoe"]) == 4 and row["mean_qoe"] == pytest.approx(sum(row["session_qoe"]) / 4)
     assert doc["best_window"] in (6, 2)
+    [paired] = doc["paired_with_first"]
+    first, second = (r["session_qoe"] for r in doc["windows"])
+    assert (paired["window"], paired["reference_window"], paired["pairs"]) == (2, 6, 4)
+    assert paired["mean_diff"] == pytest.approx(sum(b - a for a, b in zip(first, second)) / 4)
     with pytest.raises(SystemExit):
         bench.main(["--checkpoint", str(ckpt), "--split", "fcc-test"])
