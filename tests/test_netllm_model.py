@@ -133,3 +133,27 @@ def test_recompute_mode_uses_the_last_window_steps() -> None:
         assert win.context_steps == min(t + 1, 5)
     win.reset()
     assert win.context_steps == 0
+
+
+def test_return_bypass_starts_as_the_same_model_and_adds_the_return_after_the_norm(batch) -> None:
+    from controller.netllm.abr_encoder import RETURN_BYPASS_GAIN
+    from controller.netllm.backbone import BackboneSpec, load_backbone
+    from controller.netllm.model import NetLLMConfig, build_model
+
+    plain, _ = tiny_model()
+    torch.manual_seed(0)
+    body, info = load_backbone(BackboneSpec("tiny"), device="cpu")
+    model = build_model(NetLLMConfig(hidden_size=info.hidden_size, window=6, conv_channels=8, lora_dropout=0.0,
+                                     return_bypass=True), body)
+    assert model.encoder.return_bypass is not None and model.encoder.return_bypass.requires_grad
+    plain.eval(), model.eval()
+    args = (batch["returns"], batch["states"], batch["actions"], batch["timesteps"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(*args), plain(*args))  # zero bypass: the same function
+        before = model.encoder(*args)
+        model.encoder.return_bypass.normal_()
+        after = model.encoder(*args)
+    offset = after - before
+    torch.testing.assert_close(offset[..., 1:, :], torch.zeros_like(offset[..., 1:, :]))
+    expected = batch["returns"][..., None] * RETURN_BYPASS_GAIN * model.cfg.token_rms * model.encoder.return_bypass
+    torch.testing.assert_close(offset[..., 0, :], expected)

@@ -165,6 +165,23 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(pool_dir: Path, tmp_path: 
     assert _train(pool_dir, second, "--optimizer-steps", "1", "--resume", "--init-from", str(first / "last")) == 2
 
 
+def test_init_from_can_add_a_return_bypass(pool_dir: Path, tmp_path: Path) -> None:
+    from controller.netllm.checkpoint import load_checkpoint
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _train(pool_dir, first, "--optimizer-steps", "1", "--eval-every", "1") == 0
+    assert _train(pool_dir, second, "--optimizer-steps", "1", "--eval-every", "1", "--lr", "0",
+                  "--return-bypass", "--init-from", str(first / "last")) == 0
+    ta = load_file(str(first / "last" / "netllm_modules.safetensors"))
+    tb = load_file(str(second / "last" / "netllm_modules.safetensors"))
+    assert set(tb) - set(ta) == {"encoder.return_bypass"} and not tb["encoder.return_bypass"].any()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    model, _ = load_checkpoint(second / "last", device="cpu")
+    assert model.cfg.return_bypass and model.encoder.return_bypass is not None
+    # the other way round is a mismatch, reported as such
+    assert _train(pool_dir, tmp_path / "third", "--optimizer-steps", "1", "--init-from", str(second / "last")) == 2
+
+
 def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -> None:
     """--select-by sim scores checkpoints on validation traces and picks the serving target there."""
     from traces.readers import write_cooked

@@ -55,6 +55,9 @@ class Config:
     lora_dropout: float = arg(0.05, help="dropout on the LoRA input")
     window: int = arg(20, help="steps of context per training window")
     return_scale: float = arg(50.0, help="returns-to-go are divided by this in the model's input")
+    return_bypass: bool = arg(False, help="add the return-to-go to its token after the encoder's LayerNorm "
+                                          "too (a learned direction, zero at the start; with --init-from "
+                                          "it may be added to a checkpoint without one)")
     conv_channels: int = arg(128, help="channels of the encoder's 1-D convolutions")
     optimizer_steps: int = arg(2000, help="optimizer steps to run (each = grad_accum micro-batches)")
     micro_batch_size: int = arg(8, help="windows per micro-batch (one forward/backward)")
@@ -122,7 +125,8 @@ def _model_config(cfg: Config, hidden_size: int) -> Any:
     from controller.netllm.model import NetLLMConfig
 
     return NetLLMConfig(hidden_size=hidden_size, window=cfg.window, conv_channels=cfg.conv_channels,
-                        return_scale=cfg.return_scale, finetune=cfg.finetune, lora_rank=cfg.lora_rank,
+                        return_scale=cfg.return_scale, return_bypass=cfg.return_bypass,
+                        finetune=cfg.finetune, lora_rank=cfg.lora_rank,
                         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
 
 
@@ -286,7 +290,8 @@ def _build(cfg: Config) -> tuple[Any, Any]:
 
 
 def _init_from(model: Any, info: Any, folder: Path) -> None:
-    """Load another checkpoint's adapter, encoder and head (fine-tuning it on a new pool, say)."""
+    """Load another checkpoint's adapter, encoder and head (fine-tuning it on a new pool, say). A run with
+    --return-bypass may start from a checkpoint without the bypass (it starts at zero: the same model)."""
     from controller.netllm.checkpoint import CheckpointError, load_weights, read_checkpoint_config
 
     try:
@@ -295,7 +300,7 @@ def _init_from(model: Any, info: Any, folder: Path) -> None:
             raise CommandError(f"--init-from {folder}: trained on backbone {theirs.get('kind')} "
                                f"({str(theirs.get('sha256'))[:12]}), this run uses {info.kind} "
                                f"({info.sha256[:12]})")
-        load_weights(model, folder)
+        load_weights(model, folder, may_lack=("encoder.return_bypass",) if model.cfg.return_bypass else ())
     except (CheckpointError, RuntimeError, ValueError) as exc:
         raise CommandError(f"--init-from {folder}: {exc}") from exc
 

@@ -13,6 +13,9 @@ its gain starts at `token_rms`, the RMS of the backbone's own input embeddings. 
 tokens about 7x larger than any word it was pre-trained on (SmolLM2's embeddings have RMS ~0.14); with it, the
 pre-trained backbone trained worse than a randomly initialised one.
 
+With `return_bypass` (a model config option) the scaled return-to-go also enters after the LayerNorm, along a
+learned direction, so that the size of the return asked for survives normalisation.
+
 Inputs are OBS_DIM rows in physical units (see `abr_features`); the normalisation here is fixed:
 bitrates and throughputs are divided by the ladder's top bitrate, the buffer by 10 s, download times by the
 chunk duration, a chunk size is turned into its mean bitrate over the chunk divided by the ladder's top
@@ -34,6 +37,8 @@ TOKENS_PER_STEP = STATE_TOKENS + 2
 LAST_STATE_TOKEN = STATE_TOKENS
 """Index within a step of the token whose hidden state the networking head reads."""
 BUFFER_SCALE_S = 10.0
+RETURN_BYPASS_GAIN = 30.0
+"""The return bypass's scale, in token RMS per unit of parameter (see AbrEncoder)."""
 
 
 def normalise_states(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,7 +77,7 @@ class AbrEncoder(nn.Module):
     """Steps (returns, states, actions, timesteps) -> LayerNormed tokens (B, T, TOKENS_PER_STEP, width)."""
 
     def __init__(self, width: int, levels: int = LEVELS, conv_channels: int = 128, conv_kernel: int = 4,
-                 max_timestep: int = 128, token_rms: float = 1.0) -> None:
+                 max_timestep: int = 128, token_rms: float = 1.0, return_bypass: bool = False) -> None:
         super().__init__()
         self.max_timestep = max_timestep
         self.embed_return = nn.Linear(1, width)
@@ -84,6 +89,12 @@ class AbrEncoder(nn.Module):
         self.embed_timestep = nn.Embedding(max_timestep, width)
         self.norm = nn.LayerNorm(width)
         nn.init.constant_(self.norm.weight, token_rms)
+        # The LayerNorm rescales the return token whatever the return's size, so on its own that token tells
+        # the body little about how much QoE is asked for (the shipped model all but ignores it). The bypass
+        # adds R_t x a learned direction after the norm. It starts at zero (the model computes what it did
+        # before) and is scaled so that Adam's steps of about lr per element move it at the tokens' own scale.
+        self.return_gain = RETURN_BYPASS_GAIN * token_rms
+        self.return_bypass = nn.Parameter(torch.zeros(width)) if return_bypass else None
 
     def time(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.embed_timestep(timesteps.clamp(0, self.max_timestep - 1))
@@ -103,8 +114,11 @@ class AbrEncoder(nn.Module):
         ret = self.embed_return(returns.unsqueeze(-1)).unsqueeze(-2)
         act = self.embed_action(actions).unsqueeze(-2)
         tokens = torch.cat([ret, self.state_tokens(states), act], dim=-2)
-        tokens = tokens + self.time(timesteps).unsqueeze(-2)
-        return self.norm(tokens)
+        tokens = self.norm(tokens + self.time(timesteps).unsqueeze(-2))
+        if self.return_bypass is None:
+            return tokens
+        bypass = returns[..., None, None] * (self.return_gain * self.return_bypass)
+        return torch.cat([tokens[..., :1, :] + bypass, tokens[..., 1:, :]], dim=-2)
 
     def action_token(self, action: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The action token alone (B,) -> (B, width): what incremental decoding appends after a decision."""

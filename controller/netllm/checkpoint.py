@@ -137,9 +137,12 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path,
+               may_lack: tuple[str, ...] = ()) -> None:
+    """Load `state` into `module`; every tensor must match, except that the names in `may_lack` may be
+    absent from `state` (they keep the module's initial values)."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - set(may_lack))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(f"{source}: tensors do not match the model (missing {missing[:5]}, "
@@ -148,7 +151,11 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) 
         if tuple(tensor.shape) != tuple(own[name].shape):
             raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, model wants "
                                   f"{tuple(own[name].shape)}")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    if may_lack:
+        module.load_state_dict(state, strict=False)  # the absent ones keep their initial values
+    else:
+        module.load_state_dict(state)
 
 
 def _backbone_for(doc: dict[str, Any], ckpt_dir: Path, device: str, dtype: str,
@@ -172,8 +179,9 @@ def _backbone_for(doc: dict[str, Any], ckpt_dir: Path, device: str, dtype: str,
     return body, info.to_json()
 
 
-def load_weights(model: NetLLMAbr, ckpt_dir: Path) -> dict[str, Any]:
-    """Load a checkpoint's trained tensors into a model built with the same config (e.g. to resume)."""
+def load_weights(model: NetLLMAbr, ckpt_dir: Path, may_lack: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint's trained tensors into a model built with the same config (e.g. to resume).
+    `may_lack`: encoder/head tensors (`encoder.return_bypass`) a fine-tune adds to a checkpoint without them."""
     from peft import set_peft_model_state_dict
 
     ckpt_dir = Path(ckpt_dir)
@@ -184,7 +192,7 @@ def load_weights(model: NetLLMAbr, ckpt_dir: Path) -> dict[str, Any]:
         own = {k.replace(".base_layer.", "."): k for k in body.state_dict() if "lora_" not in k}
         _load_into(_Renamed(body, own), state, ckpt_dir / BACKBONE_FILE)
     _load_into(nn.ModuleDict({"encoder": model.encoder, "head": model.head}),
-               _tensors(ckpt_dir / MODULES_FILE), ckpt_dir / MODULES_FILE)
+               _tensors(ckpt_dir / MODULES_FILE), ckpt_dir / MODULES_FILE, may_lack)
     if model.cfg.finetune == "lora":
         adapter = _tensors(ckpt_dir / ADAPTER_WEIGHTS)
         result = set_peft_model_state_dict(model.backbone, adapter)

@@ -44,6 +44,9 @@ class NetLLMConfig:
     the backbone's input embeddings when the model is built, so tokens start at the scale the LLM knows."""
     return_scale: float = 50.0
     """R_t in tokens = (sum of future per-chunk QoE) / return_scale; 48 chunks of ~1 QoE give ~1."""
+    return_bypass: bool = False
+    """Also add R_t x a learned direction to the return token after the encoder's LayerNorm (zero at the
+    start), so the size of the return asked for is not normalised away (controller.netllm.abr_encoder)."""
     finetune: str = "lora"
     """lora: LoRA on the attention projections, rest of the body frozen; full: every weight trains;
     frozen: only the encoder and head train."""
@@ -109,7 +112,7 @@ class NetLLMAbr(nn.Module):
         if cfg.token_rms <= 0.0:
             cfg.token_rms = embedding_rms(backbone)
         self.encoder = AbrEncoder(cfg.hidden_size, cfg.levels, cfg.conv_channels, cfg.conv_kernel,
-                                  cfg.max_timestep, cfg.token_rms)
+                                  cfg.max_timestep, cfg.token_rms, cfg.return_bypass)
         self.backbone = backbone
         self.head = nn.Linear(cfg.hidden_size, cfg.levels)
         self._body_dtype = next(backbone.parameters()).dtype
