@@ -18,7 +18,8 @@ import asyncio
 import mimetypes
 import socket
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -66,6 +67,9 @@ class ServerState:
     player_root: Path
     first_byte_delay_ms: float
     notsent_lowat_bytes: int
+    held_responses_ms: deque[float] = field(default_factory=deque)
+    """One-off extra delays, each taken by the next /media/ request to arrive
+    (`ServerHandle.hold_next_media_response_ms`)."""
 
 
 CONFIG_KEY = web.AppKey("config", ServerConfig)
@@ -167,6 +171,11 @@ async def media_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     arrival_wall, arrival = time.time(), time.monotonic()
     delay_ms = state.first_byte_delay_ms
+    if state.held_responses_ms:
+        try:
+            delay_ms += state.held_responses_ms.popleft()
+        except IndexError:  # taken by a concurrent request since the check
+            pass
     transfer, status = Transfer(), 500
     try:
         if delay_ms > 0:

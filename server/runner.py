@@ -59,6 +59,14 @@ class ServerHandle:
             raise ValueError(f"delay must be >= 0, got {delay_ms}")
         self.app[STATE_KEY].first_byte_delay_ms = float(delay_ms)
 
+    def hold_next_media_response_ms(self, delay_ms: float) -> None:
+        """Delay only the next /media/ request to arrive by `delay_ms` more (a one-off outage). Unlike a delay
+        switched on and off, it cannot also catch the request that follows while the caller is still
+        reacting to the first."""
+        if delay_ms < 0:
+            raise ValueError(f"delay must be >= 0, got {delay_ms}")
+        self.app[STATE_KEY].held_responses_ms.append(float(delay_ms))
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0 = a free one)."""

@@ -166,9 +166,8 @@ def test_stall_is_charged_to_its_chunk_and_sigterm_keeps_the_rows(video_dir: Pat
         proc = start_paced_session(video_dir, out, "bba", controller.url, server.url)
         try:
             assert wait_for_rows(out / "chunks.csv", 2, timeout_s=60, proc=proc) >= 2
-            server.set_first_byte_delay_ms(6000)
+            server.hold_next_media_response_ms(6000)
             assert wait_for_rows(out / "chunks.csv", 3, timeout_s=60, proc=proc) >= 3
-            server.set_first_byte_delay_ms(0)
             assert wait_for_rows(out / "chunks.csv", 4, timeout_s=60, proc=proc) >= 4
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 128 + signal.SIGTERM

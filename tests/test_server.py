@@ -163,6 +163,20 @@ async def test_first_byte_delay_holds_back_media_responses(video_dir: Path, tmp_
     assert all(float(r["first_byte_s"]) >= 0.2 for r in rows[:2])
 
 
+async def test_a_held_response_delays_only_the_next_media_request(video_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "requests.csv"
+    async with run_server(ServerConfig(media_root=video_dir, request_log=log)) as server, \
+            aiohttp.ClientSession() as session:
+        server.hold_next_media_response_ms(300)
+        for _ in range(2):
+            await (await session.get(server.media_url())).read()
+        with pytest.raises(ValueError):
+            server.hold_next_media_response_ms(-1)
+    rows = read_request_log(log)
+    assert [float(r["first_byte_delay_ms"]) for r in rows] == [300.0, 0.0]
+    assert float(rows[0]["first_byte_s"]) >= 0.3 > float(rows[1]["first_byte_s"])
+
+
 def _slow_download(url: str, path: str, rate_bytes_s: float) -> int:
     """A client with a small receive window that reads at `rate_bytes_s`; the number of bytes received."""
     host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()
