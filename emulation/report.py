@@ -17,6 +17,12 @@ sessions on the same trace are paired (the k-th session of a trace with the refe
 `netllm sim` they share the start index too), and `paired.csv` and the summary's `paired` entry give the mean
 QoE difference with its 95% interval, wins / ties / losses and a Wilcoxon signed-rank p-value. Unpaired
 intervals hide small differences under the spread between traces; paired ones do not.
+
+With `--compare DIR=LABEL,...` the sessions of other results folders join the report, their policies renamed
+`LABEL/policy` (LABEL defaults to the folder's name): two checkpoints of the same policy, or the same policy
+before and after a change, are then plotted and paired like two policies (e.g. `--compare
+runs/random-body/fcc-test=random --reference netllm` pairs `random/netllm` with `netllm`). The folders must
+have played the same traces in the same order for the pairs to mean the same session.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class Config:
     chunk_duration_s: float = arg(4.0, help="seconds of video per chunk (for the rebuffer ratio)")
     reference: str = arg("", help="compare every other policy with this one, session by session on the same "
                                   "traces (paired.csv; default: no paired comparison)")
+    compare: list[str] = arg([], help="more results folders, each DIR or DIR=LABEL; their policies are shown "
+                                      "and paired as LABEL/policy (LABEL: the folder's name)")
 
 
 def load_chunks(results: Path) -> Any:
@@ -72,6 +80,33 @@ def load_chunks(results: Path) -> Any:
             frames.append(df[list(COLUMNS)])
     if not frames:
         raise CommandError(f"{results}: the chunk logs are empty")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _compare_spec(spec: str) -> tuple[Path, str]:
+    folder, _, label = spec.partition("=")
+    path = Path(folder)
+    label = label or path.name
+    if not label or "/" in label:
+        raise CommandError(f"--compare {spec!r}: the label must be a non-empty name without '/'")
+    return path, label
+
+
+def load_compared(results: Path, compare: list[str]) -> Any:
+    """The chunk rows of `results` and of every `--compare` folder, the latter's policies and session ids
+    prefixed with their label so that nothing collides."""
+    import pandas as pd
+
+    frames = [load_chunks(results)]
+    labels: set[str] = set()
+    for spec in compare:
+        folder, label = _compare_spec(spec)
+        if label in labels:
+            raise CommandError(f"--compare: label {label!r} used twice; name them with DIR=LABEL")
+        labels.add(label)
+        frames.append(load_chunks(folder).assign(
+            policy=lambda df, lb=label: lb + "/" + df["policy"].astype(str),
+            session_id=lambda df, lb=label: lb + "/" + df["session_id"].astype(str)))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -246,7 +281,7 @@ def run(cfg: Config) -> int:
     matplotlib.use("Agg")
     from netllm.chunklog import write_summary
 
-    chunks = load_chunks(cfg.results)
+    chunks = load_compared(cfg.results, cfg.compare)
     sessions = session_table(chunks)
     policies = _policy_order(sessions, cfg.policies)
     sessions = sessions[sessions["policy"].isin(policies)]
@@ -262,7 +297,7 @@ def run(cfg: Config) -> int:
     plot_components(sessions, policies, cfg.out / "qoe_components.png")
     plot_timeline(chunks, session, timeline)
     sessions.to_csv(cfg.out / "sessions.csv", index=False)
-    doc: dict[str, Any] = {"results": str(cfg.results), "policies": policies, "sessions": int(len(sessions)),
+    doc: dict[str, Any] = {"results": str(cfg.results), "compared": list(cfg.compare), "policies": policies, "sessions": int(len(sessions)),
                            "timeline_session": session,
                            "plots": ["qoe_box.png", "qoe_cdf.png", "qoe_components.png", timeline.name]}
     for p in policies:

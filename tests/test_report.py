@@ -121,3 +121,33 @@ def test_report_pairs_policies_with_a_reference(tmp_path):
     with pytest.raises(CommandError, match="reference policy 'pensieve'"):
         run(Config(results=results, out=tmp_path / "other", reference="pensieve"))
     assert not (tmp_path / "other").exists()
+
+
+def test_report_compares_results_folders_under_labels(tmp_path):
+    import pandas as pd
+
+    from emulation.report import Config, run
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    runs = {}
+    for folder, policies in ((first, ("bba", "rb")), (second, ("rb",))):
+        folder.mkdir()
+        runs[folder] = _sessions(policies, traces=4)
+        pd.DataFrame([r for s in runs[folder] for r in s.rows]).to_parquet(folder / "chunks.parquet")
+    # Same traces, same policy name in both folders: only the label keeps them apart.
+    out = tmp_path / "plots"
+    assert run(Config(results=first, out=out, reference="rb", compare=[f"{second}=other"])) == 0
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["policies"] == ["bba", "rb", "other/rb"] and doc["other/rb"]["sessions"] == 4
+    mine = {s.trace: s.mean_qoe for s in runs[first] if s.policy == "rb"}
+    other = {s.trace: s.mean_qoe for s in runs[second]}
+    expected = np.mean([other[t] - mine[t] for t in mine])
+    assert doc["paired"]["other/rb"]["mean_diff"] == pytest.approx(expected)
+    assert doc["paired"]["other/rb"]["pairs"] == 4
+    sessions = pd.read_csv(out / "sessions.csv")
+    assert sessions["session_id"].is_unique and len(sessions) == 12
+    with pytest.raises(CommandError, match="used twice"):
+        run(Config(results=first, out=tmp_path / "x", compare=[str(second), f"{second}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CommandError, match="no chunks"):
+        run(Config(results=first, out=tmp_path / "y", compare=[f"{tmp_path / 'empty'}"]))
