@@ -228,6 +228,7 @@ def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -
     assert main(["train", "--pool", str(pool_dir), "--out", str(out), "--backbone", "tiny", "--select-only",
                  "--valid-trace-dir", str(valid), "--video", str(video), "--serving-windows", "9"]) == 2
     assert not list((out / "selected").glob("train_state*"))
+    assert {f.stat().st_mode & 0o777 for f in (out / "selected").iterdir()} == {0o644}  # shareable, as best/
     from controller.netllm.checkpoint import load_checkpoint
 
     load_checkpoint(out / "selected", device="cpu")  # the copy is a valid checkpoint

@@ -167,9 +167,12 @@ def evaluate(actor: Any, net_config: dict[str, Any], traces: list[Any], video: A
 def save_checkpoint(out: Path, actor: Any, critic: Any, net_config: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
+    from netllm.atomic import make_readable
+
     out.mkdir(parents=True, exist_ok=True)
     for net, name in ((actor, "model.safetensors"), (critic, "critic.safetensors")):
         save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(out / name))
+        make_readable(out / name)
     (out / "config.json").write_text(json.dumps(net_config, indent=2, sort_keys=True) + "\n")
 
 

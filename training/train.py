@@ -467,6 +467,7 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     from controller.netllm.checkpoint import CONFIG_FILE, STORAGE_DTYPES, load_checkpoint
+    from netllm.atomic import write_folder_atomically
 
     _check(cfg)
     out = Path(cfg.out)
@@ -486,17 +487,23 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
     winner = max(scores, key=lambda k: scores[k])
     name, key = winner.split("@")
     quantile, window = _candidate(key, trained_window[name])
-    selected = out / "selected"
-    shutil.rmtree(selected, ignore_errors=True)
-    shutil.copytree(out / name, selected, ignore=shutil.ignore_patterns("train_state.*"))
-    for f in selected.glob("*.safetensors"):  # store in --save-dtype (last/ is float32 for resuming)
-        tensors = {k: v.to(STORAGE_DTYPES[cfg.save_dtype]) if v.is_floating_point() else v
-                   for k, v in load_file(str(f)).items()}
-        save_file(tensors, str(f), metadata={"format": "pt"})
-    doc = json.loads((selected / CONFIG_FILE).read_text())
-    doc["serving"].update(_served(train_pool, quantile, window))
-    doc["storage_dtype"] = cfg.save_dtype
-    (selected / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    def write(staging: Path) -> None:
+        for src in sorted((out / name).iterdir()):
+            if not src.is_file() or src.name.startswith("train_state."):
+                continue
+            if src.suffix == ".safetensors":  # store in --save-dtype (last/ is float32 for resuming)
+                tensors = {k: v.to(STORAGE_DTYPES[cfg.save_dtype]) if v.is_floating_point() else v
+                           for k, v in load_file(str(src)).items()}
+                save_file(tensors, str(staging / src.name), metadata={"format": "pt"})
+            else:
+                shutil.copy2(src, staging / src.name)
+        doc = json.loads((staging / CONFIG_FILE).read_text())
+        doc["serving"].update(_served(train_pool, quantile, window))
+        doc["storage_dtype"] = cfg.save_dtype
+        (staging / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    write_folder_atomically(out / "selected", write)  # a killed selection leaves the previous selected/
     result = {"scores": scores, "winner": winner, "valid_sessions": len(val.sessions),
               "valid_quantize": _valid_quantize(cfg)}
     (out / "selection.json").write_text(json.dumps(result, indent=2) + "\n")

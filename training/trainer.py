@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from netllm.atomic import make_readable
+
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 
@@ -143,6 +145,7 @@ def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, counters: d
     doc = {"counters": counters, "param_groups": groups, "optim_scalars": scalars,
            "numpy_rng": numpy_rng.bit_generator.state if numpy_rng is not None else None}
     save_file(tensors, str(folder / STATE_TENSORS))
+    make_readable(folder / STATE_TENSORS)
     (folder / STATE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 

@@ -26,9 +26,6 @@ projections, heads) and, for random backbones only (`tiny`), `backbone.safetenso
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from controller.cjs.decima import MAX_STAGES, NEG, RUNNABLE_FEATURE, GraphEncoder, mlp
+from netllm.atomic import write_folder_atomically
 
 FORMAT = "netllm-cjs"
 CONFIG_FILE = "netllm_cjs_config.json"
@@ -200,10 +198,8 @@ def save_netllm_cjs(model: NetLLMCjs, out_dir: Path, backbone_info: dict[str, An
     from peft import get_peft_model_state_dict
 
     dtype = STORAGE_DTYPES[storage_dtype]
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+
+    def write(staging: Path) -> None:
         save_file(_cast(model.module_state(), dtype), str(staging / MODULES_FILE), metadata={"format": "pt"})
         files = [MODULES_FILE]
         peft_model = _peft(model)
@@ -221,20 +217,8 @@ def save_netllm_cjs(model: NetLLMCjs, out_dir: Path, backbone_info: dict[str, An
                "storage_dtype": storage_dtype, "files": sorted(files), "serving": serving or {},
                "training": training or {}}
         (staging / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        staging.chmod(0o755)
-        for item in staging.iterdir():
-            item.chmod(0o644)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+
+    return write_folder_atomically(Path(out_dir), write)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

