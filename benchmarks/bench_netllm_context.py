@@ -110,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
                      "never on a test split")
     if not (Path(args.checkpoint) / "netllm_config.json").is_file():
         parser.error(f"{args.checkpoint}: not a NetLLM checkpoint folder")
-    windows = [int(w) for w in args.windows.split(",")]
+    try:
+        windows = [int(w) for w in args.windows.split(",")]
+    except ValueError:
+        parser.error(f"--windows {args.windows!r}: comma-separated integers, e.g. 20,3")
+    trained = int(json.loads((Path(args.checkpoint) / "netllm_config.json").read_text())["model"]["window"])
+    if any(not 2 <= w <= trained for w in windows):
+        # Checked here so that a bad value fails at once, not in a worker after minutes of play.
+        parser.error(f"--windows {args.windows}: each from 2 to the trained window ({trained})")
     if args.starts < 1 or args.workers < 1 or args.threads < 1:
         parser.error("--starts, --workers and --threads must be >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

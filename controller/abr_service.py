@@ -32,7 +32,7 @@ from controller.app import (
 from controller.policies import UnknownPolicyError, available_policies, policy_class
 from controller.policies.base import AbrPolicy
 from controller.sessions import PolicySessions
-from netllm.abr_state import ObservationError, parse_observation
+from netllm.abr_state import ObservationError, UnsupportedObservation, parse_observation
 
 log = logging.getLogger("controller.abr")
 
@@ -125,6 +125,9 @@ class AbrService:
                 quality = entry.policy.select_quality(obs)
             if isinstance(quality, bool) or not 0 <= int(quality) < obs.levels or int(quality) != quality:
                 raise ValueError(f"returned {quality!r}, not a quality index in [0, {obs.levels})")
+        except UnsupportedObservation as exc:
+            self.sessions.drop(key)
+            raise RequestError(422, f"policy {name!r}: {exc.message}", exc.field) from None
         except Exception as exc:
             self.failures += 1
             self.sessions.drop(key)  # do not reuse a state that just broke

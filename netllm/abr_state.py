@@ -22,6 +22,9 @@ MAX_BUFFER_S = 3600.0
 MAX_BITRATE_KBPS = 1e7
 MAX_CHUNK_BYTES = 10**10
 MAX_SESSION_ID_CHARS = 128
+# A chunk's QoE within the bounds above is at most 2e4 Mbps of bitrate and smoothness terms and 4.3 x 36000 s
+# of stall; anything larger is a client error, and it would overflow the NetLLM policy's float32 return-to-go.
+MAX_CHUNK_QOE_ABS = 1e6
 
 
 @dataclass(slots=True)
@@ -74,6 +77,11 @@ class ObservationError(ValueError):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+
+
+class UnsupportedObservation(ObservationError):
+    """A valid observation that a policy cannot decide on, such as a ladder with another number of levels
+    than a trained model's. The controller answers 422 naming the field; the policy has not failed."""
 
 
 def _number(doc: dict, name: str, lo: float, hi: float, integer: bool = False) -> Any:
@@ -133,5 +141,11 @@ def parse_observation(doc: Any) -> AbrObservation:
     extra = doc.get("extra", {})
     if not isinstance(extra, dict):
         raise ObservationError("extra", "must be an object")
+    if "last_chunk_qoe" in extra:  # the one extra a policy reads as a number (netllm's return-to-go)
+        try:
+            qoe = _number(extra, "last_chunk_qoe", -MAX_CHUNK_QOE_ABS, MAX_CHUNK_QOE_ABS)
+        except ObservationError as err:
+            raise ObservationError("extra.last_chunk_qoe", err.message) from None
+        extra = {**extra, "last_chunk_qoe": qoe}
     return AbrObservation(index, total, last_q, buffer_s, tput, dtime, sizes, ladder, rebuffer_s, chunk_s,
                           session_id, extra)

@@ -135,6 +135,11 @@ def _mutations(doc: dict) -> list[tuple[str, Any, str]]:
         ("duplicate stage",
          edit(lambda d: d["jobs"][0]["stages"].append(copy.deepcopy(d["jobs"][0]["stages"][0]))),
          f"jobs[0].stages[{len(job['stages'])}].stage_id"),
+        ("time beyond a float", edit(lambda d: d.update(time_s=10**400)), "time_s"),
+        ("arrival beyond a float", edit(lambda d: d["jobs"][0].update(arrival_s=10**400)), "jobs[0].arrival_s"),
+        ("runnable job already holds every executor",
+         edit(lambda d: d.update(source_job=None) or d["jobs"][0].update(executors=d["num_executors"])),
+         "jobs[0].executors"),
         ("bad policy type", edit(lambda d: d.update(policy=3)), "policy"),
         ("unknown policy", edit(lambda d: d.update(policy="sjf")), "policy"),
         ("bad session id", edit(lambda d: d.update(session_id=["x"])), "session_id"),
@@ -200,7 +205,7 @@ def test_any_single_field_corruption_is_rejected_or_valid(event_doc: dict, path_
     except EventError as exc:
         assert exc.field
         return
-    for name in ("fifo", "fifo-cap25", "fair"):
+    for name in ("fifo", "fifo-cap25", "fair", "random"):
         stage, limit = check_decision(event, make_policy(name).schedule(event))
         assert stage is None or 1 <= limit <= event.num_executors
 

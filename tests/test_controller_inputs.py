@@ -98,7 +98,7 @@ WRONG_VALUES = {
     "rebuffer_s": [-1, "0", None, 1e12],
     "chunk_duration_s": [0, -4, "4", None, 1e6],
     "session_id": [5, None, ["a"], "x" * 129],
-    "extra": [[1, 2], "x", 3],
+    "extra": [[1, 2], "x", 3, {"last_chunk_qoe": 10**400}, {"last_chunk_qoe": 1e39}, {"last_chunk_qoe": "2"}],
     "policy": [3, ["bba"], {"name": "bba"}, "no-such-policy", "", True],
 }
 
@@ -112,7 +112,8 @@ def test_wrong_value_is_named(server: tuple[str, int], case: tuple[str, Any]) ->
     status, body = post_doc(server, doc)
     # total_chunks errors can surface at chunk_index (the bound it sets); a bad ladder surfaces at the ladder
     bound_by_total = ("total_chunks", "chunk_index", "upcoming_chunk_sizes_bytes")
-    expected = bound_by_total if name == "total_chunks" else (name,)
+    expected = bound_by_total if name == "total_chunks" else ("extra", "extra.last_chunk_qoe") \
+        if name == "extra" else (name,)
     assert_client_error(status, body)
     assert body["field"] in expected, (name, value, body)
 

@@ -166,8 +166,10 @@ async def test_controller_round_trip(ckpt: Path) -> None:
             bad["upcoming_chunk_sizes_bytes"] = [[100, 200]]
             bad["last_quality"] = 0
             async with http.post(f"{url}/v1/abr/decide", json=bad) as resp:
-                assert resp.status == 500  # refused with a message, the service keeps running
-                assert "6 levels" in (await resp.json())["error"]
+                # Refused as a client error naming the field, not counted as a policy failure.
+                assert resp.status == 422
+                body = await resp.json()
+                assert "6 levels" in body["error"] and body["field"] == "ladder_kbps"
             async with http.get(f"{url}/healthz") as resp:
                 assert resp.status == 200
 

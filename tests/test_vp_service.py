@@ -221,6 +221,14 @@ def test_overflowing_number_is_not_finite(server: tuple[str, int]) -> None:
     assert "not finite" in answer["error"]
 
 
+@pytest.mark.parametrize("field", ["history_time_s", "history_roll_deg"])
+def test_integer_too_large_for_a_float_is_refused(server: tuple[str, int], field: str) -> None:
+    doc = body()
+    doc[field] = [0, 1, 10**400] + doc[field][3:]  # valid JSON: integers are unbounded
+    status, answer = send(server, json.dumps(doc).encode())
+    assert_refused(status, answer, field)
+
+
 def test_content_type_and_size_limits(server: tuple[str, int]) -> None:
     assert_refused(*send(server, json.dumps(body()).encode(), "text/plain"), "content-type")
     status, answer = send(server, b'{"pad": "' + b"x" * 300_000 + b'"}')

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from controller.cjs.encoding import GLOBAL_FEATURES, JOB_FEATURES, NODE_FEATURES, encode_event
 from controller.cjs.observation import DECLINE, Decision, SchedulingEvent
 from controller.cjs.policies import CjsPolicy
+from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
 
 MAX_JOBS = 64
@@ -269,7 +270,8 @@ class DecimaPolicy(CjsPolicy):
         if threads > 0:  # the network is tiny: one thread is fastest (set for the whole process)
             torch.set_num_threads(threads)
         if net is None:
-            net, _ = load_decima(Path(checkpoint) if checkpoint else default_checkpoint())
+            path = Path(checkpoint) if checkpoint else default_checkpoint()
+            net, _ = load_once(("decima", str(path.resolve())), lambda: load_decima(path))
         self.net = net
         self.greedy = greedy
         self.seed = seed

@@ -25,6 +25,7 @@ import torch
 from controller.cjs.decima import collate, decision_for, featurize
 from controller.cjs.observation import DECLINE, Decision, SchedulingEvent
 from controller.cjs.policies import CjsPolicy
+from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
 
 
@@ -46,7 +47,9 @@ class NetLLMCjsPolicy(CjsPolicy):
         if threads > 0:
             torch.set_num_threads(threads)
         if model is None:
-            model, doc = load_netllm_cjs(Path(checkpoint) if checkpoint else default_checkpoint())
+            # Shared by every session: the service builds one instance per session id.
+            path = Path(checkpoint) if checkpoint else default_checkpoint()
+            model, doc = load_once(("netllm-cjs", str(path.resolve())), lambda: load_netllm_cjs(path))
         self.model = model
         serving = (doc or {}).get("serving", {})
         per_job = target_return_per_job_s if target_return_per_job_s is not None \

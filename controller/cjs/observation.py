@@ -190,7 +190,8 @@ def _num(doc: dict, key: str, where: str) -> float:
     value = doc.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise EventError(f"{where}{key}", f"must be a number, got {_kind(value)}")
-    if not math.isfinite(value) or value < 0 or value > 1e12:
+    # Compared before any float conversion: a JSON integer may be too large for a float (10**400).
+    if isinstance(value, float) and not math.isfinite(value) or value < 0 or value > 1e12:
         raise EventError(f"{where}{key}", f"must be finite, >= 0 and <= 1e12, got {value}")
     return float(value)
 
@@ -303,5 +304,11 @@ def parse_event(doc: Any) -> SchedulingEvent:
         if jobs[k].executors < free:
             raise EventError(f"jobs[{k}].executors", "the source job holds its free executors: "
                              f"executors must be >= free_executors ({free})")
-    return SchedulingEvent(time_s=_num(doc, "time_s", ""), num_executors=num_executors, free_executors=free,
-                           source_job=source, jobs=jobs)
+    event = SchedulingEvent(time_s=_num(doc, "time_s", ""), num_executors=num_executors, free_executors=free,
+                            source_job=source, jobs=jobs)
+    for k, job in enumerate(jobs):
+        # The runnable rule above: no valid limit exists for a job that cannot take one more executor.
+        if any(stage.runnable for stage in job.stages) and event.min_limit(job) > num_executors:
+            raise EventError(f"jobs[{k}].executors", f"a job with a runnable stage must hold fewer than "
+                             f"num_executors ({num_executors}) executors unless it is the source job")
+    return event

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netllm.abr_state import AbrObservation
+from netllm.abr_state import AbrObservation, UnsupportedObservation
 
 HISTORY = 8
 LEVELS = 6
@@ -48,7 +48,7 @@ NEXT_SIZES = slice(COL["next_chunk_bytes_0"], COL["next_chunk_bytes_0"] + LEVELS
 LADDER = slice(COL["ladder_kbps_0"], COL["ladder_kbps_0"] + LEVELS)
 
 
-class FeatureError(ValueError):
+class FeatureError(UnsupportedObservation):
     """An observation this model cannot encode (e.g. a ladder with another number of levels)."""
 
 
@@ -63,8 +63,8 @@ def _last(values: list[float], n: int) -> tuple[np.ndarray, int]:
 def observation_features(obs: AbrObservation) -> np.ndarray:
     """The OBS_DIM float32 row of `obs` (columns in the module docstring)."""
     if obs.levels != LEVELS:
-        raise FeatureError(f"ladder_kbps: NetLLM-ABR models decide among {LEVELS} levels, "
-                           f"this video has {obs.levels}")
+        raise FeatureError("ladder_kbps", f"NetLLM-ABR models decide among {LEVELS} levels, "
+                                          f"this video has {obs.levels}")
     row = np.zeros(OBS_DIM, dtype=np.float64)
     row[COL["last_quality"]] = obs.last_quality
     row[COL["last_bitrate_kbps"]] = obs.ladder_kbps[obs.last_quality]

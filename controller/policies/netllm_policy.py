@@ -39,21 +39,19 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from controller.policies.base import AbrPolicy
-from netllm.abr_state import AbrObservation
+from netllm.abr_state import MAX_CHUNK_QOE_ABS, AbrObservation
+from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "netllm-abr-smollm2"
 DEFAULT_TARGET_RETURN_PER_CHUNK = 1.0
 
-_MODELS: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
-_MODELS_LOCK = threading.Lock()
 
 
 def default_quantize() -> str:
@@ -94,15 +92,14 @@ def shared_model(checkpoint: Path, device: str = "auto", quantize: str = "auto",
     from controller.netllm.quantize import quantize_int8
 
     quantize = resolve_quantize(quantize, device)
-    key = (str(Path(checkpoint).resolve()), device, quantize, backbone_path or "")
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            model, doc = load_checkpoint(Path(checkpoint), device=device, merge_lora=True,
-                                         backbone_path=backbone_path)
-            if quantize != "none":
-                model = quantize_int8(model, quantize)
-            _MODELS[key] = model, doc
-        return _MODELS[key]
+
+    def load() -> tuple[Any, dict[str, Any]]:
+        model, doc = load_checkpoint(Path(checkpoint), device=device, merge_lora=True,
+                                     backbone_path=backbone_path)
+        return (quantize_int8(model, quantize) if quantize != "none" else model), doc
+
+    return load_once(("netllm-abr", str(Path(checkpoint).resolve()), device, quantize, backbone_path or ""),
+                     load)
 
 
 def served_window(model: Any, serving: dict[str, Any], window: int | None) -> int:
@@ -189,7 +186,9 @@ class NetLLMPolicy(AbrPolicy):
             self._return = self.target_return * obs.chunks_remaining
             return
         reported = obs.extra.get("last_chunk_qoe") if obs.extra else None
-        if isinstance(reported, (int, float)) and not isinstance(reported, bool) and math.isfinite(reported):
+        # Parsed requests are checked already; this also guards observations built in code (NaN fails here).
+        if isinstance(reported, (int, float)) and not isinstance(reported, bool) \
+                and abs(reported) <= MAX_CHUNK_QOE_ABS:
             qoe = float(reported)
         else:
             qoe = previous_chunk_qoe(self._prev_features, features)

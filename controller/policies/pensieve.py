@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from controller.model_cache import load_once
 from controller.policies.base import AbrPolicy
-from netllm.abr_state import AbrObservation
+from netllm.abr_state import AbrObservation, UnsupportedObservation
 from netllm.paths import REPO_ROOT
 
 S_INFO = 6
@@ -96,25 +97,36 @@ def build_net(levels: int, history_len: int = S_LEN, hidden: int = 128, outputs:
     return PensieveNet()
 
 
+def load_pensieve(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """The actor network of a `netllm train-rl` checkpoint folder and its config.json."""
+    from safetensors.torch import load_file
+
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    if not weights_path.is_file() or not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no Pensieve checkpoint (model.safetensors + config.json); "
+                                "train one with `netllm train-rl --out DIR` or set "
+                                "NETLLM_PENSIEVE_CHECKPOINT")
+    config = json.loads(config_path.read_text())
+    net = build_net(int(config["levels"]), int(config.get("history_len", S_LEN)),
+                    int(config.get("hidden", 128)))
+    try:
+        net.load_state_dict(load_file(str(weights_path)))
+    except RuntimeError as exc:
+        raise ValueError(f"{weights_path}: weights do not fit config.json's network ({exc})") from None
+    net.eval()
+    return net, config
+
+
 class PensievePolicy(AbrPolicy):
-    name = "pensieve"
+    name: ClassVar[str] = "pensieve"
+    # Network inference (and, for a session's first decision, loading torch and the weights) runs on the
+    # controller's worker thread, off its event loop.
+    blocking: ClassVar[bool] = True
 
     def __init__(self, checkpoint: str | Path | None = None, sample: bool = False, seed: int = 0) -> None:
-        from safetensors.torch import load_file
-
         folder = Path(checkpoint) if checkpoint is not None else default_checkpoint_dir()
-        config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-        if not weights_path.is_file() or not config_path.is_file():
-            raise FileNotFoundError(f"{folder}: no Pensieve checkpoint (model.safetensors + config.json); "
-                                    "train one with `netllm train-rl --out DIR` or set "
-                                    "NETLLM_PENSIEVE_CHECKPOINT")
-        config = json.loads(config_path.read_text())
-        net = build_net(int(config["levels"]), int(config.get("history_len", S_LEN)),
-                        int(config.get("hidden", 128)))
-        try:
-            net.load_state_dict(load_file(str(weights_path)))
-        except RuntimeError as exc:
-            raise ValueError(f"{weights_path}: weights do not fit config.json's network ({exc})") from None
+        # One network per process, shared by every session (each keeps its own state array).
+        net, config = load_once(("pensieve", str(folder.resolve())), lambda: load_pensieve(folder))
         self._setup(net, config, sample, seed)
 
     @classmethod
@@ -140,7 +152,8 @@ class PensievePolicy(AbrPolicy):
 
     def select_quality(self, obs: AbrObservation) -> int:
         if obs.levels != self.levels:
-            raise ValueError(f"checkpoint trained for {self.levels} levels, the video has {obs.levels}")
+            raise UnsupportedObservation("ladder_kbps", f"the Pensieve checkpoint was trained for {self.levels} "
+                                                        f"levels, the video has {obs.levels}")
         pensieve_features(obs, self.history_len, out=self._state[0])
         with self._torch.no_grad():
             logits = self.net(self._torch.from_numpy(self._state))[0]

@@ -15,7 +15,6 @@ runs predictions on its worker thread (`blocking = True`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,25 +23,21 @@ import numpy as np
 
 from controller.vp.policies import VpContext, VpPolicy, check_histories
 from controller.vp.track import fit_horizon, offsets_to_poses, predict_offsets, resolve_checkpoint
+from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
 from traces.headmove import HISTORY_LEN, HORIZON_LEN
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "netllm-vp-smollm2"
 
-_MODELS: dict[tuple[str, str, str, bool], tuple[Any, dict[str, Any]]] = {}
-_MODELS_LOCK = threading.Lock()
 
 
 def shared_model(path: Path, device: str, backbone_path: str | None, merge_lora: bool
                  ) -> tuple[Any, dict[str, Any]]:
     from controller.vp.netllm_vp_model import load_netllm_vp
 
-    key = (str(path.resolve()), device, backbone_path or "", merge_lora)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_netllm_vp(path, device=device, merge_lora=merge_lora,
-                                          backbone_path=backbone_path)
-        return _MODELS[key]
+    return load_once(("netllm-vp", str(path.resolve()), device, backbone_path or "", merge_lora),
+                     lambda: load_netllm_vp(path, device=device, merge_lora=merge_lora,
+                                            backbone_path=backbone_path))
 
 
 class NetllmVpPolicy(VpPolicy):

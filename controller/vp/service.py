@@ -73,11 +73,19 @@ def _number_list(doc: dict[str, Any], field: str, bound: float | None) -> list[f
     for index, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RequestError(400, f"{field}[{index}] must be a number, got {type(value).__name__}", field)
-        if not math.isfinite(value):
-            raise RequestError(400, f"{field}[{index}] is not finite", field)
+        if not math.isfinite(_as_float(value)):  # JSON integers are unbounded: 10**400 is not a float
+            raise RequestError(400, f"{field}[{index}] is not finite (or too large for a float)", field)
         if bound is not None and abs(value) > bound:
             raise RequestError(400, f"{field}[{index}] = {value} is outside [-{bound:g}, {bound:g}]", field)
     return [float(v) for v in values]
+
+
+def _as_float(value: int | float) -> float:
+    """`value` as a float; infinity for an integer too large for one."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _identifier(doc: dict[str, Any], field: str, required: bool) -> str:

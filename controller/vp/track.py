@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 
 from controller.vp.policies import VpContext, VpPolicy, check_histories, normalize_poses, unwrap_angles
 from netllm.atomic import write_folder_atomically
+from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
 from traces.headmove import HISTORY_LEN, HORIZON_LEN, wrap_deg
 
@@ -266,8 +266,6 @@ def load_track_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[Any, dic
 
 # -- policy --------------------------------------------------------------------------------------------------
 
-_MODELS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
-_MODELS_LOCK = threading.Lock()
 
 
 def predict_offsets(model: Any, histories_deg: np.ndarray, horizon: int | None = None,
@@ -294,11 +292,8 @@ class TrackPolicy(VpPolicy):
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
         path = resolve_checkpoint(checkpoint, "NETLLM_VP_TRACK_CHECKPOINT", DEFAULT_CHECKPOINT,
                                   TRACK_CONFIG_FILE, "netllm train-vp --model track")
-        key = (str(path.resolve()), device)
-        with _MODELS_LOCK:
-            if key not in _MODELS:
-                _MODELS[key] = load_track_checkpoint(path, device)
-            self.model, self.meta = _MODELS[key]
+        self.model, self.meta = load_once(("track", str(path.resolve()), device),
+                                          lambda: load_track_checkpoint(path, device))
         self.checkpoint = path
 
     @classmethod
