@@ -51,12 +51,18 @@ from typing import Any, Callable, NamedTuple
 from controller.policies.base import AbrPolicy
 from netllm.abr_state import AbrObservation
 from netllm.chunklog import SessionSummary
-from netllm.qoe import REBUFFER_PENALTY, SMOOTH_PENALTY, count_switches
+from netllm.qoe import chunk_qoe, count_switches
 from netllm.video import Video
 from traces.bandwidth import BandwidthTrace, TraceError
 
 KBPS_TO_BYTES_PER_S = 125.0
 """1 kbps = 1000 bit/s = 125 byte/s."""
+MAX_LOOPS_PER_CHUNK = 10_000
+"""A trace must deliver the video's largest chunk in at most this many passes over it (checked up front):
+a trace with almost no data per pass would otherwise make a download loop (almost) forever."""
+MAX_LOOPS_PER_CALL = 100_000
+"""Passes over the trace one download or wait may make (a run-time backstop to the check above: a wait that
+long on a very short trace, or a transfer stretched by jitter, raises a TraceError instead of hanging)."""
 
 
 @dataclass(frozen=True)
@@ -230,17 +236,19 @@ class SimConfig:
 class PreparedTrace:
     """A trace as the hot loop wants it: Python lists, rates already in bytes/s."""
 
-    __slots__ = ("name", "time_s", "rate_bytes_per_s", "samples")
+    __slots__ = ("name", "source", "time_s", "rate_bytes_per_s", "samples", "bytes_per_loop")
 
     def __init__(self, trace: BandwidthTrace) -> None:
         self.name = trace.name
+        self.source = trace.source or trace.name
         self.time_s: list[float] = trace.time_s.tolist()
         self.rate_bytes_per_s: list[float] = [b * KBPS_TO_BYTES_PER_S for b in trace.bandwidth_kbps.tolist()]
         self.samples = len(self.time_s)
-        carried = sum(self.rate_bytes_per_s[i] * (self.time_s[i] - self.time_s[i - 1])
-                      for i in range(1, self.samples))
-        if not carried > 0:
-            raise TraceError(f"{trace.source or trace.name}: the trace carries no data (zero bandwidth "
+        # Bytes one pass over the trace carries (before the payload fraction): a replay loops over 1..n-1.
+        self.bytes_per_loop = sum(self.rate_bytes_per_s[i] * (self.time_s[i] - self.time_s[i - 1])
+                                  for i in range(1, self.samples))
+        if not self.bytes_per_loop > 0:
+            raise TraceError(f"{self.source}: the trace carries no data (zero bandwidth "
                              "everywhere), so no chunk download could ever finish")
 
     def check_start(self, start_index: int) -> None:
@@ -252,7 +260,7 @@ class PreparedVideo:
     """Chunk sizes as lists, plus the observation's look-ahead rows precomputed per chunk."""
 
     __slots__ = ("name", "ladder_kbps", "levels", "chunk_count", "chunk_duration_s", "sizes_by_chunk",
-                 "upcoming_rows")
+                 "upcoming_rows", "max_chunk_bytes")
 
     def __init__(self, video: Video, horizon: int = 5, chunk_count: int | None = None) -> None:
         n = video.chunk_count if chunk_count is None else min(chunk_count, video.chunk_count)
@@ -267,6 +275,7 @@ class PreparedVideo:
         self.sizes_by_chunk: list[list[int]] = [[int(x) for x in row] for row in sizes]
         self.upcoming_rows: list[list[list[int]]] = [
             self.sizes_by_chunk[i:min(i + horizon, n)] for i in range(n)]
+        self.max_chunk_bytes = max(max(row) for row in self.sizes_by_chunk)
 
 
 def prepare(trace: BandwidthTrace | PreparedTrace, video: Video | PreparedVideo,
@@ -279,16 +288,31 @@ def prepare(trace: BandwidthTrace | PreparedTrace, video: Video | PreparedVideo,
     if config.live is not None and config.live.init_bytes and len(config.live.init_bytes) != pv.levels:
         raise ValueError(f"live timing has init_bytes for {len(config.live.init_bytes)} levels, the video "
                          f"{pv.name} has {pv.levels}")
+    check_trace_carries_video(pt, pv, config)
     return pt, pv
+
+
+def check_trace_carries_video(trace: PreparedTrace, video: PreparedVideo, config: SimConfig) -> None:
+    """TraceError unless one pass over the trace carries at least 1/MAX_LOOPS_PER_CHUNK of the video's
+    largest chunk (so that no download loops over the trace without end)."""
+    payload_per_loop = trace.bytes_per_loop * config.payload_fraction
+    loops = video.max_chunk_bytes / payload_per_loop
+    if loops > MAX_LOOPS_PER_CHUNK:
+        span_s = trace.time_s[-1] - trace.time_s[0]
+        raise TraceError(f"{trace.source}: one pass over the trace ({span_s:.3g} s) carries only "
+                         f"{payload_per_loop:.3g} bytes, so the largest chunk ({video.max_chunk_bytes} "
+                         f"bytes) would need {loops:.3g} passes (at most {MAX_LOOPS_PER_CHUNK}): too little "
+                         "bandwidth or too short a trace")
 
 
 class TraceCursor:
     """Position in a looping trace; `download` and `idle` advance it with Pensieve's interval walk."""
 
-    __slots__ = ("times", "rates", "samples", "ptr", "last_time_s", "payload_fraction")
+    __slots__ = ("times", "rates", "samples", "ptr", "last_time_s", "payload_fraction", "source")
 
     def __init__(self, trace: PreparedTrace, start_index: int, payload_fraction: float) -> None:
         trace.check_start(start_index)
+        self.source = trace.source
         self.times = trace.time_s
         self.rates = trace.rate_bytes_per_s
         self.samples = trace.samples
@@ -302,6 +326,7 @@ class TraceCursor:
         ptr, last = self.ptr, self.last_time_s
         sent = 0.0
         elapsed = 0.0
+        loops = 0
         while True:
             rate = rates[ptr]
             duration = times[ptr] - last
@@ -318,13 +343,21 @@ class TraceCursor:
             if ptr >= self.samples:
                 ptr = 1
                 last = times[0]
+                loops += 1
+                if loops > MAX_LOOPS_PER_CALL:
+                    self._too_many_loops(f"a download of {size_bytes:.0f} bytes")
         self.ptr, self.last_time_s = ptr, last
         return elapsed
+
+    def _too_many_loops(self, what: str) -> None:
+        raise TraceError(f"{self.source}: {what} would pass over the trace more than {MAX_LOOPS_PER_CALL} "
+                         "times: too little bandwidth or too short a trace")
 
     def idle(self, sleep_ms: float) -> None:
         """Let `sleep_ms` of trace time pass without downloading (Pensieve's drain sleep, in its units)."""
         times = self.times
         ptr, last = self.ptr, self.last_time_s
+        wait_ms, loops = sleep_ms, 0
         while True:
             duration = times[ptr] - last
             if duration > sleep_ms / 1000.0:
@@ -336,6 +369,9 @@ class TraceCursor:
             if ptr >= self.samples:
                 ptr = 1
                 last = times[0]
+                loops += 1
+                if loops > MAX_LOOPS_PER_CALL:
+                    self._too_many_loops(f"a wait of {wait_ms / 1000.0:.3g} s")
         self.ptr, self.last_time_s = ptr, last
 
 
@@ -551,7 +587,7 @@ def simulate_session(policy: AbrPolicy, trace: BandwidthTrace | PreparedTrace, v
         kbps = ladder[quality]
         if prev_kbps is None:
             prev_kbps = kbps
-        qoe = kbps / 1000.0 - REBUFFER_PENALTY * stall_s - SMOOTH_PENALTY * abs(kbps - prev_kbps) / 1000.0
+        qoe = chunk_qoe(kbps, prev_kbps, stall_s)
         prev_kbps = kbps
         rebuffer_total += stall_s
         buffer_s = player.buffer_ms / 1000.0
@@ -655,7 +691,7 @@ class AbrSession:
             startup, stall_s = stall_s, 0.0
         kbps = video.ladder_kbps[quality]
         prev = kbps if self._prev_kbps is None else self._prev_kbps
-        qoe = kbps / 1000.0 - REBUFFER_PENALTY * stall_s - SMOOTH_PENALTY * abs(kbps - prev) / 1000.0
+        qoe = chunk_qoe(kbps, prev, stall_s)
         self._prev_kbps = kbps
         buffer_s = player.buffer_ms / 1000.0
         obs.throughput_kbps_history.append(size * 8.0 / (delay_s * 1000.0))

@@ -7,7 +7,9 @@ a few traces each (`local`: a private instance of `--workers` CPUs; otherwise a 
 - `summary.json`: per policy, under its name, flat keys (see `SUMMARY_KEYS`), plus run-wide keys
   (`policies`, `traces`, `video`, `chunks_per_session`, `default_quality`, `noise`, `seed`, `live_timing`:
   the `emulation.abr_sim.LiveTiming` fields with `--live-timing`, else null);
-- `sessions.csv`: one row per session (policy, trace, start_index, mean_qoe, bitrate, rebuffering, ...);
+- `sessions.csv`: one row per session (policy, trace, start_index, mean_qoe, bitrate, rebuffering, ...),
+  appended and flushed as each session finishes (so a killed run keeps every finished session), then
+  rewritten in policy and trace order at the end (with `--ray`, written when the shards come back);
 - `chunks.parquet`: every chunk of every session, columns `netllm.chunklog.COLUMNS`, simulated times
   (unless `--no-chunk-log`);
 - `config.json`: the resolved options.
@@ -35,7 +37,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
@@ -56,6 +58,10 @@ SUMMARY_KEYS: dict[str, str] = {
     "plan_mean_qoe": "optimal only: mean QoE its plans reach in the simulator (<= the true optimum)",
     "optimal_exact_sessions": "optimal only: sessions where the bound is reached by a real plan",
 }
+SESSION_COLUMNS: tuple[str, ...] = ("policy", "trace", "start_index", "mean_qoe", "plan_mean_qoe",
+                                    "mean_bitrate_kbps", "rebuffer_s", "startup_delay_s", "switches",
+                                    "chunks", "exact")
+"""Columns of sessions.csv."""
 
 
 @dataclass
@@ -184,7 +190,8 @@ def _units(cfg: Config, names: list[str], starts: list[int]) -> Iterator[tuple[s
             yield name, pos, start, cfg.seed * 1_000_003 + pos, cfg.chunk_log
 
 
-def _run_all(cfg: Config, paths: list[Path], starts: list[int], sim_config: Any) -> list[dict[str, Any]]:
+def _run_all(cfg: Config, paths: list[Path], starts: list[int], sim_config: Any,
+             on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     units = list(_units(cfg, cfg.policies, starts))
     # Slow policies first, so a long optimum does not start last and hold up the pool.
     units.sort(key=lambda u: {"optimal": 0, "robustmpc": 1, "fastmpc": 1}.get(u[0], 2))
@@ -193,9 +200,12 @@ def _run_all(cfg: Config, paths: list[Path], starts: list[int], sim_config: Any)
     if cfg.ray:  # a shard = every policy's session on a few traces (results are sorted when written)
         from netllm.evaluation import map_units_ray
 
-        return map_units_ray(_run_unit, units, _init_worker, args, cfg.ray, workers, "trace shards",
-                             shard_key=lambda u: u[1])
-    return map_units(_run_unit, units, _init_worker, args, workers, "sessions", "session")
+        results = map_units_ray(_run_unit, units, _init_worker, args, cfg.ray, workers, "trace shards",
+                                shard_key=lambda u: u[1])
+        for result in results:
+            on_result(result)
+        return results
+    return map_units(_run_unit, units, _init_worker, args, workers, "sessions", "session", on_result)
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -233,13 +243,14 @@ def summarize_sessions(sessions: list[dict[str, Any]], names: list[str],
 
 def _write_outputs(cfg: Config, results: list[dict[str, Any]], figures: dict[str, Any],
                    run_info: dict[str, Any]) -> None:
+    """The files written once every session is in: sessions.csv in order, chunks.parquet, summary.json."""
     import pandas as pd
 
-    from netllm.chunklog import COLUMNS, write_summary
+    from netllm.chunklog import COLUMNS, write_csv_atomically, write_summary
 
     sessions = sorted((r["session"] for r in results), key=lambda r: (cfg.policies.index(r["policy"]),
                                                                       r["trace_pos"]))
-    pd.DataFrame(sessions).drop(columns=["trace_pos"]).to_csv(cfg.out / "sessions.csv", index=False)
+    write_csv_atomically(cfg.out / "sessions.csv", SESSION_COLUMNS, sessions)
     if cfg.chunk_log:
         order = {name: i for i, name in enumerate(cfg.policies)}
         rows = [row for r in sorted(results, key=lambda r: (order[r["session"]["policy"]],
@@ -282,12 +293,43 @@ def _starts(cfg: Config, paths: list[Path], samples: list[int]) -> list[int]:
     return starts
 
 
-def run(cfg: Config) -> int:
-    from emulation.abr_sim import PreparedTrace, SimConfig, measured_live_timing
+def _check_options(cfg: Config) -> None:
+    """Option values a worker would only trip over later (each a clear error before anything runs)."""
+    if cfg.chunks < 0:
+        raise CommandError(f"--chunks must be >= 0 (0: the whole video), got {cfg.chunks}")
+    if cfg.workers < 0:
+        raise CommandError(f"--workers must be >= 0 (0: one per CPU core), got {cfg.workers}")
+    if cfg.start_index < 1:
+        raise CommandError(f"--start-index must be >= 1, got {cfg.start_index}")
+
+
+def _load_inputs(cfg: Config, sim_config: Any) -> tuple[Any, list[Path], list[int]]:
+    """(video, trace paths, samples per trace), every trace checked against the video as workers use them."""
+    from emulation.abr_sim import PreparedTrace, PreparedVideo, check_trace_carries_video
     from netllm.video import VideoError, load_video
     from traces.bandwidth import TraceError
     from traces.readers import read_trace
 
+    paths = trace_paths(cfg.traces)
+    try:
+        video = load_video(cfg.video)
+        prepared_video = PreparedVideo(video, sim_config.horizon, sim_config.chunk_count)
+        samples = []
+        for path in paths:
+            trace = PreparedTrace(read_trace(path))
+            check_trace_carries_video(trace, prepared_video, sim_config)
+            samples.append(trace.samples)
+    except (VideoError, TraceError) as exc:
+        raise CommandError(str(exc)) from None
+    return video, paths, samples
+
+
+def run(cfg: Config) -> int:
+    from emulation.abr_sim import SimConfig, measured_live_timing
+    from netllm.chunklog import CsvRowLog
+    from traces.bandwidth import TraceError
+
+    _check_options(cfg)
     _check_policies(cfg.policies)
     if "optimal" in cfg.policies and cfg.noise:
         raise CommandError("policy optimal needs deterministic downloads: drop --noise or drop optimal")
@@ -296,22 +338,21 @@ def run(cfg: Config) -> int:
     if "optimal" in cfg.policies and cfg.live_timing:
         raise CommandError("policy optimal solves Pensieve's dynamics only: "
                            "drop --live-timing or drop optimal")
-    paths = trace_paths(cfg.traces)
-    try:
-        video = load_video(cfg.video)
-        samples = [PreparedTrace(read_trace(p)).samples for p in paths]
-    except (VideoError, TraceError) as exc:
-        raise CommandError(str(exc)) from None
+    sim_config = SimConfig(noise=cfg.noise, chunk_count=cfg.chunks or None, default_quality=None)
+    video, paths, samples = _load_inputs(cfg, sim_config)
     if not -1 <= cfg.default_quality < video.levels:
         raise CommandError(f"--default-quality must be -1 or in 0..{video.levels - 1}")
     starts = _starts(cfg, paths, samples)
     first = None if cfg.default_quality < 0 else cfg.default_quality
     live = measured_live_timing(cfg.video, video.levels, spread=cfg.live_spread) if cfg.live_timing else None
-    sim_config = SimConfig(noise=cfg.noise, default_quality=first, live=live,
-                           chunk_count=cfg.chunks or None)
+    sim_config = dataclasses.replace(sim_config, default_quality=first, live=live)
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out)
-    results = _run_all(cfg, paths, starts, sim_config)
+    with CsvRowLog(cfg.out / "sessions.csv", SESSION_COLUMNS) as session_log:
+        try:
+            results = _run_all(cfg, paths, starts, sim_config, lambda r: session_log.write(r["session"]))
+        except TraceError as exc:  # a download or wait that would loop over its trace without end
+            raise CommandError(str(exc)) from None
     figures = summarize_sessions([r["session"] for r in results], cfg.policies, video.chunk_duration_s)
     chunks = min(video.chunk_count, cfg.chunks or video.chunk_count)
     run_info = {"policies": cfg.policies, "traces": len(paths), "video": str(cfg.video),

@@ -10,27 +10,30 @@ Results in `--out`:
   completion_s, jct_s;
 - `episodes.csv`: one row per episode: policy, seed, mean_jct_s, decisions, events, wall_s, cpu_s,
   jobs_per_wall_s;
+  both CSVs get each episode's rows appended and flushed as it finishes (a killed run keeps every finished
+  episode) and are rewritten in policy and seed order at the end, when jobs.parquet is written;
 - `summary.json`: per policy (see `SUMMARY_KEYS`) plus the run-wide settings and the published reference
   figures; `config.json`: the resolved options.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
-from netllm.evaluation import map_units, mean_ci95
+from netllm.evaluation import mean_ci95
 
 JOB_COLUMNS: tuple[str, ...] = ("seed", "policy", "job_id", "query", "size", "arrival_s", "completion_s",
                                 "jct_s")
+EPISODE_COLUMNS: tuple[str, ...] = ("policy", "seed", "mean_jct_s", "jobs", "decisions", "events", "wall_s",
+                                    "cpu_s", "end_time_s", "jobs_per_wall_s")
 SUMMARY_KEYS: dict[str, str] = {
     "mean_jct_s": "mean job completion time over every job of every seed",
     "jct_ci95_low": "95% confidence interval of mean_jct_s over seeds (Student t on per-seed means), low end",
@@ -75,15 +78,26 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------- workers
 _WORKER: dict[str, Any] = {}
+_CATALOGS: dict[str | None, Any] = {}
+"""Loaded job catalogs by TPC-H folder: `_check` loads it once and an in-process run reuses it."""
+
+
+def load_catalog(tpch_dir: str | None) -> Any:
+    """The `traces.jobs.JobCatalog` of `tpch_dir` with every DAG loaded (JobDataError on bad data)."""
+    from traces.jobs import JobCatalog
+
+    if tpch_dir not in _CATALOGS:
+        catalog = JobCatalog(Path(tpch_dir) if tpch_dir else None)
+        catalog.all_jobs()  # every DAG up front: bad data shows here, and episode timings measure simulation
+        _CATALOGS[tpch_dir] = catalog
+    return _CATALOGS[tpch_dir]
 
 
 def _init_worker(tpch_dir: str | None, sim_kwargs: dict[str, Any], options: dict[str, dict]) -> None:
     from emulation.cluster_sim import ClusterSim, SimConfig
-    from traces.jobs import JobCatalog
 
     _WORKER.clear()
-    catalog = JobCatalog(Path(tpch_dir) if tpch_dir else None)
-    catalog.all_jobs()  # load every DAG up front so that episode timings measure the simulation only
+    catalog = load_catalog(tpch_dir)
     _WORKER["sim"] = ClusterSim(SimConfig(**sim_kwargs), catalog)
     _WORKER["options"] = options
     _WORKER["policies"] = {}
@@ -106,15 +120,17 @@ def _run_unit(policy_name: str, seed: int) -> dict[str, Any]:
     return {"episode": episode, "rows": rows}
 
 
-def _run_all(cfg: Config, options: dict[str, dict]) -> list[dict[str, Any]]:
+def _run_all(cfg: Config, options: dict[str, dict],
+             on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    from netllm.evaluation import map_units
 
     sim_kwargs = {"num_executors": cfg.executors, "num_jobs": cfg.jobs, "initial_jobs": cfg.initial_jobs,
                   "mean_gap_s": cfg.mean_gap_s, "moving_delay_s": cfg.moving_delay_s,
                   "warmup_delay_s": cfg.warmup_delay_s, "runnable_rule": cfg.runnable_rule}
     units = [(p, cfg.seed_base + k) for p in cfg.policies for k in range(cfg.seeds)]
     workers = min(cfg.workers or os.cpu_count() or 1, len(units))
-    args = (str(cfg.tpch_dir) if cfg.tpch_dir else None, sim_kwargs, options)
-    results = map_units(_run_unit, units, _init_worker, args, workers, "episodes", "episode")
+    args = (_tpch_key(cfg), sim_kwargs, options)
+    results = map_units(_run_unit, units, _init_worker, args, workers, "episodes", "episode", on_result)
     results.sort(key=lambda r: (cfg.policies.index(r["episode"]["policy"]), r["episode"]["seed"]))
     return results
 
@@ -144,19 +160,19 @@ def summarize(results: list[dict[str, Any]], policies: list[str]) -> dict[str, d
     return out
 
 
+def _tpch_key(cfg: Config) -> str | None:
+    return str(cfg.tpch_dir) if cfg.tpch_dir else None
+
+
 def _write_tables(out: Path, results: list[dict[str, Any]], job_log: bool) -> None:
-    episodes = [r["episode"] for r in results]
-    with open(out / "episodes.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(episodes[0]))
-        writer.writeheader()
-        writer.writerows(episodes)
+    """The tables in policy and seed order once every episode is in (replacing the streamed copies)."""
+    from netllm.chunklog import write_csv_atomically
+
+    write_csv_atomically(out / "episodes.csv", EPISODE_COLUMNS, [r["episode"] for r in results])
     if not job_log:
         return
     rows = [row for r in results for row in r["rows"]]
-    with open(out / "jobs.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(JOB_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomically(out / "jobs.csv", JOB_COLUMNS, rows)
     import pandas as pd
 
     pd.DataFrame(rows, columns=list(JOB_COLUMNS)).to_parquet(out / "jobs.parquet", index=False)
@@ -164,10 +180,19 @@ def _write_tables(out: Path, results: list[dict[str, Any]], job_log: bool) -> No
 
 def _check(cfg: Config) -> dict[str, dict]:
     from controller.cjs.policies import PolicyUnavailableError, UnknownPolicyError, policy_class
-    from traces.jobs import JobCatalog, JobDataError
+    from traces.jobs import JobDataError
 
     if not cfg.policies or cfg.seeds < 1 or cfg.executors < 1 or cfg.jobs < 1:
         raise CommandError("need at least one policy, --seeds >= 1, --executors >= 1 and --jobs >= 1")
+    if len(set(cfg.policies)) != len(cfg.policies):
+        raise CommandError("a policy is listed twice")
+    if cfg.seed_base < 0 or cfg.workers < 0:
+        raise CommandError("need --seed-base >= 0 and --workers >= 0 (0: one per CPU core)")
+    times = {"--mean-gap-s": cfg.mean_gap_s, "--moving-delay-s": cfg.moving_delay_s,
+             "--warmup-delay-s": cfg.warmup_delay_s}
+    for flag, value in times.items():
+        if not math.isfinite(value):
+            raise CommandError(f"{flag} must be a finite number of seconds, got {value}")
     if not 0 <= cfg.initial_jobs <= cfg.jobs or not cfg.mean_gap_s > 0:
         raise CommandError("need 0 <= --initial-jobs <= --jobs and --mean-gap-s > 0")
     if cfg.moving_delay_s < 0 or cfg.warmup_delay_s < 0:
@@ -188,7 +213,7 @@ def _check(cfg: Config) -> dict[str, dict]:
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise CommandError("--policy-options must be a JSON object of policy name -> object of options")
     try:
-        JobCatalog(cfg.tpch_dir)
+        load_catalog(_tpch_key(cfg))  # the whole catalog: bad data is a clear error here, not a dead worker
     except JobDataError as exc:
         raise CommandError(str(exc)) from None
     if "netllm-cjs" in cfg.policies:  # its return-to-go target is per job: scale it to this episode's length
@@ -202,12 +227,22 @@ def _check(cfg: Config) -> dict[str, dict]:
 
 
 def run(cfg: Config) -> int:
+    from netllm.chunklog import CsvRowLog
+
     options = _check(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out)
     started = time.perf_counter()
+    episode_log = CsvRowLog(cfg.out / "episodes.csv", EPISODE_COLUMNS)
+    job_log = CsvRowLog(cfg.out / "jobs.csv", JOB_COLUMNS) if cfg.job_log else None
+
+    def record(result: dict[str, Any]) -> None:
+        episode_log.write(result["episode"])
+        if job_log is not None:
+            job_log.write_rows(result["rows"])
+
     try:
-        results = _run_all(cfg, options)
+        results = _run_all(cfg, options, record)
     except Exception as exc:  # a policy's invalid answer or a data error inside a worker
         from controller.cjs.observation import InvalidDecision
         from emulation.cluster_sim import SchedulerStall
@@ -216,6 +251,10 @@ def run(cfg: Config) -> int:
         if isinstance(exc, (InvalidDecision, SchedulerStall, JobDataError)):
             raise CommandError(f"{type(exc).__name__}: {exc}") from None
         raise
+    finally:
+        episode_log.close()
+        if job_log is not None:
+            job_log.close()
     _write_tables(cfg.out, results, cfg.job_log)
     per_policy = summarize(results, cfg.policies)
     summary = {
@@ -227,7 +266,7 @@ def run(cfg: Config) -> int:
         "runnable_rule": cfg.runnable_rule, "wall_s": time.perf_counter() - started, "keys": SUMMARY_KEYS,
         "published_mean_jct_s": PUBLISHED_MEAN_JCT_S,
     }
-    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     width = max(len(p) for p in cfg.policies)
     for name in cfg.policies:
         s = per_policy[name]

@@ -27,6 +27,7 @@ have played the same traces in the same order for the pairs to mean the same ses
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +282,9 @@ def run(cfg: Config) -> int:
     matplotlib.use("Agg")
     from netllm.chunklog import write_summary
 
+    if not (math.isfinite(cfg.chunk_duration_s) and cfg.chunk_duration_s > 0):
+        raise CommandError(f"--chunk-duration-s must be a finite number of seconds > 0, "
+                           f"got {cfg.chunk_duration_s}")
     chunks = load_compared(cfg.results, cfg.compare)
     sessions = session_table(chunks)
     policies = _policy_order(sessions, cfg.policies)

@@ -12,7 +12,9 @@ with `emulation.vp_replay`. Results in `--out`:
 - `windows.parquet` (and `windows.csv`): one row per (dataset, policy, window): dataset, video, user,
   window_start (index of the first history sample), future_start, time_s (playback time of the last history
   sample), policy, mae_deg, gc_mean_deg, gc_deg_1..gc_deg_F (great-circle error per step), latency_ms and
-  rtt_ms (controller runs only);
+  rtt_ms (controller runs only). windows.csv gets each (dataset, policy)'s rows appended and flushed as soon
+  as they are scored, so a killed run keeps them (with `--no-csv` it is removed once windows.parquet is
+  written); windows.parquet and summary.json are written at the end;
 - `summary.json`: per dataset, the split counts and, per policy: windows, viewers, mae_deg, mae_ci95,
   mae_deg_per_axis, mae_deg_per_step, great_circle_deg, great_circle_ci95, great_circle_deg_per_step, and
   timing. The 95% intervals are percentile bootstraps over viewers ((video, user) pairs): a viewer's windows
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +78,7 @@ class Config:
     realtime_speed: float = arg(0.0, help="controller replay pace: 1 = real time, 0 = as fast as answered")
     bootstrap: int = arg(2000, help="bootstrap resamples for the 95%% intervals")
     seed: int = arg(0, help="seed of the bootstrap")
-    csv: bool = arg(True, help="also write windows.csv")
+    csv: bool = arg(True, help="also keep windows.csv (it is written as the run goes either way)")
 
 
 def bootstrap_ci(values: np.ndarray, groups: np.ndarray, resamples: int, seed: int) -> list[float]:
@@ -172,38 +175,71 @@ def _score(cfg: Config, name: str, options: dict[str, Any], traces: list[HeadTra
     return evaluate_policy(policy, make_windows(traces, spec), cfg.batch_size, name=name)
 
 
-def run(cfg: Config) -> int:
+def _check_options(cfg: Config) -> WindowSpec:
+    """Every option value, before anything is read or written; the window spec they make."""
     if cfg.layout not in LAYOUTS:
         raise CommandError(f"--layout must be one of {', '.join(LAYOUTS)}")
     if not cfg.dataset or not cfg.policies:
         raise CommandError("give at least one --dataset folder and one policy")
+    if len(set(cfg.policies)) != len(cfg.policies):
+        raise CommandError("a policy is listed twice")
+    names = [Path(folder).name for folder in cfg.dataset]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # results are keyed by the folder's name, so one would overwrite the other
+        raise CommandError(f"--dataset folders must have different names; {', '.join(twice)} is given twice")
+    if cfg.batch_size < 1 or cfg.concurrency < 1:
+        raise CommandError("need --batch-size >= 1 and --concurrency >= 1")
+    if cfg.bootstrap < 0 or cfg.max_windows < 0:
+        raise CommandError("need --bootstrap >= 0 and --max-windows >= 0")
+    if not (math.isfinite(cfg.realtime_speed) and cfg.realtime_speed >= 0):
+        raise CommandError(f"--realtime-speed must be a finite number >= 0, got {cfg.realtime_speed}")
     try:
-        spec = WindowSpec(cfg.history, cfg.horizon, cfg.stride, cfg.trim_head, cfg.trim_tail)
+        return WindowSpec(cfg.history, cfg.horizon, cfg.stride, cfg.trim_head, cfg.trim_tail)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _load_dataset(cfg: Config, folder: Path, spec: WindowSpec) -> tuple[list[HeadTrace], dict[str, Any]]:
+    """The viewers of `folder`'s split (at most `--max-windows`' worth) and its split counts; CommandError
+    when they hold no window, which would leave every result NaN."""
+    traces, report = _load_split(cfg, folder)
+    if cfg.max_windows > 0:
+        traces = _first_traces(traces, spec, cfg.max_windows)
+    if not any(len(spec.future_starts(len(t))) for t in traces):
+        raise CommandError(f"{folder}: the {cfg.split} split ({len(traces)} viewers) holds no window with "
+                           f"history {spec.history}, horizon {spec.horizon}, trim head {spec.trim_head} and "
+                           f"tail {spec.trim_tail}")
+    return traces, report
+
+
+def run(cfg: Config) -> int:
+    spec = _check_options(cfg)
     options = _policy_options(cfg)
+    loaded = [(Path(folder), *_load_dataset(cfg, Path(folder), spec)) for folder in cfg.dataset]
     save_config(cfg, cfg.out)
     frames: list[pd.DataFrame] = []
     summary: dict[str, Any] = {"split": cfg.split, "window": dataclasses.asdict(spec),
                                "via_controller": cfg.via_controller or None, "datasets": {}}
-    for folder in cfg.dataset:
-        traces, report = _load_split(cfg, Path(folder))
-        if cfg.max_windows > 0:
-            traces = _first_traces(traces, spec, cfg.max_windows)
-        entry: dict[str, Any] = {"folder": str(folder), "split_counts": report, "viewers": len(traces),
-                                 "policies": {}}
-        for name in cfg.policies:
-            scores = _score(cfg, name, options.get(name, {}), traces, spec)
-            entry["policies"][name] = policy_summary(scores, cfg.bootstrap, cfg.seed)
-            frames.append(window_rows(scores, spec.history))
-            print(f"{Path(folder).name:>10} {name:>18}: MAE {entry['policies'][name]['mae_deg']:7.3f} deg, "
-                  f"great-circle {entry['policies'][name]['great_circle_deg']:7.3f} deg "
-                  f"({len(scores.windows)} windows)", flush=True)
-        summary["datasets"][Path(folder).name] = entry
+    csv_path = cfg.out / "windows.csv"
+    with open(csv_path, "w", newline="") as csv_log:
+        for folder, traces, report in loaded:
+            entry: dict[str, Any] = {"folder": str(folder), "split_counts": report, "viewers": len(traces),
+                                     "policies": {}}
+            for name in cfg.policies:
+                scores = _score(cfg, name, options.get(name, {}), traces, spec)
+                entry["policies"][name] = policy_summary(scores, cfg.bootstrap, cfg.seed)
+                frames.append(window_rows(scores, spec.history))
+                frames[-1].to_csv(csv_log, header=len(frames) == 1, index=False)
+                csv_log.flush()
+                doc = entry["policies"][name]
+                print(f"{folder.name:>10} {name:>18}: MAE {doc['mae_deg']:7.3f} deg, "
+                      f"great-circle {doc['great_circle_deg']:7.3f} deg ({len(scores.windows)} windows)",
+                      flush=True)
+            summary["datasets"][folder.name] = entry
     table = pd.concat(frames, ignore_index=True)
     table.to_parquet(cfg.out / "windows.parquet", index=False)
-    if cfg.csv:
-        table.to_csv(cfg.out / "windows.csv", index=False)
+    if not cfg.csv:
+        csv_path.unlink()
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 

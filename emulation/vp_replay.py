@@ -72,6 +72,8 @@ def evaluate_policy(policy: VpPolicy, windows: WindowBatch, batch_size: int = 40
     """Predict every window and score it against its future. Stateless policies get batches of
     `batch_size` windows (`with_context` also passes `VpContext`s, for content-aware models); stateful ones
     (`policy.stateful`) get one window at a time, viewer by viewer, reset between viewers."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     horizon = windows.future_deg.shape[1]
     started = time.perf_counter()
     policy.reset()
@@ -79,7 +81,7 @@ def evaluate_policy(policy: VpPolicy, windows: WindowBatch, batch_size: int = 40
         predictions = _predict_stateful(policy, windows, horizon)
     else:
         parts = [np.zeros((0, horizon, 3))]
-        for begin in range(0, len(windows), max(1, batch_size)):
+        for begin in range(0, len(windows), batch_size):
             rows = slice(begin, begin + batch_size)
             contexts = _contexts(windows, rows) if with_context else None
             parts.append(np.asarray(policy.predict_batch(windows.history_deg[rows], horizon, contexts),

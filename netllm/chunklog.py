@@ -2,7 +2,8 @@
 
 Rows are appended and flushed one at a time, so a session killed at any point keeps every row written.
 Times are seconds since the session started; `qoe` is `netllm.qoe.chunk_qoe` of the chunk.
-Pensieve's 7 log columns are available through `to_pensieve_log`.
+Pensieve's 7 log columns are available through `to_pensieve_log`. `CsvRowLog` is the same append-and-flush
+writer for any fixed set of columns: the evaluation commands' results tables (sessions, episodes, windows).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -31,37 +33,78 @@ BOOL_COLUMNS = {"fallback"}
 STR_COLUMNS = {"session_id", "policy", "trace"}
 
 
-class ChunkLogWriter:
-    """Append-and-flush CSV writer of chunk rows."""
+class CsvRowLog:
+    """Append-and-flush CSV writer of rows with fixed columns, one row at a time, so that a run killed at any
+    point keeps every row written (the results tables of `netllm sim`, `netllm cjs-eval`, `netllm vp-eval`).
+    `fresh` starts the file over; otherwise rows are appended (the header only goes into an empty file).
+    `fmt` turns each value into what is written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], fresh: bool = True,
+                 fmt: Callable[[Any], Any] | None = None) -> None:
         self.path = Path(path)
+        self.columns = tuple(columns)
+        self._format = fmt or _plain
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a", newline="", buffering=1)
-        self._writer = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="raise")
+        fresh = fresh or not self.path.exists() or self.path.stat().st_size == 0
+        self._fh = open(self.path, "w" if fresh else "a", newline="", buffering=1)
+        self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="raise")
         if fresh:
             self._writer.writeheader()
             self._fh.flush()
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        missing = [c for c in COLUMNS if c not in row]
-        if missing:
-            raise ValueError(f"chunk row lacks {missing}")
-        self._writer.writerow({c: _fmt(row[c]) for c in COLUMNS})
+        self.write_rows([row])
+
+    def write_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Write rows (each must hold every column); the file is line-buffered, so each row lands whole."""
+        for row in rows:
+            missing = [c for c in self.columns if c not in row]
+            if missing:
+                raise ValueError(f"{self.path.name} row lacks {missing}")
+            self._writer.writerow({c: self._format(row[c]) for c in self.columns})
+            self.rows += 1
         self._fh.flush()
-        self.rows += 1
 
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
 
-    def __enter__(self) -> "ChunkLogWriter":
+    def __enter__(self) -> "CsvRowLog":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_csv_atomically(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """Replace `path` with a CSV of `rows` in one rename: a kill mid-write leaves the old file whole."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with CsvRowLog(staging, columns) as log:
+            log.write_rows(rows)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return path
+
+
+class ChunkLogWriter(CsvRowLog):
+    """Append-and-flush CSV writer of chunk rows (`COLUMNS`); an existing log is appended to."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, COLUMNS, fresh=False, fmt=_fmt)
+
+    def __enter__(self) -> "ChunkLogWriter":
+        return self
+
+
+def _plain(value: Any) -> Any:
+    """A results-table value as pandas writes it: NaN empty (read back as NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
 
 
 def _fmt(value: Any) -> Any:

@@ -6,7 +6,8 @@ runs, so `netllm --help` stays fast and a command never pays for another's impor
 
 Conventions every subcommand follows: `--out DIR` is where it writes; a command that produces results writes
 `summary.json` and its resolved `config.json` there; `--video DIR` names a prepared video;
-`--policy`/`--policies` name policies; errors go to stderr with a non-zero exit status.
+`--policy`/`--policies` name policies; errors go to stderr with a non-zero exit status: a `CommandError` or
+an `OSError` (an `--out` that is a file, a folder that cannot be written) is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class CommandError(Exception):
     """A user-facing failure: printed to stderr without a traceback, exit status 2."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """`path: reason` of a failed file operation (without the `[Errno N]` noise), else the error's text."""
+    if exc.filename is not None and exc.strerror:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 def _top_help() -> str:
@@ -81,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(runner(cfg) or 0)
     except CommandError as exc:
         print(f"netllm {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"netllm {name}: error: {os_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"netllm {name}: interrupted", file=sys.stderr)

@@ -13,30 +13,41 @@ from typing import Any, Callable, Sequence
 
 
 def map_units(run_unit: Callable[..., Any], units: Sequence[tuple], initializer: Callable[..., None],
-              initargs: tuple, workers: int, desc: str, unit_name: str) -> list[Any]:
+              initargs: tuple, workers: int, desc: str, unit_name: str,
+              on_result: Callable[[Any], None] | None = None) -> list[Any]:
     """Run `run_unit(*unit)` for every unit, in `workers` processes (each set up once by
-    `initializer(*initargs)`), showing progress. Results come back in completion order."""
+    `initializer(*initargs)`), showing progress. Results come back in completion order, and `on_result`,
+    when given, sees each one in this process as it arrives (so a run can write rows that survive a kill).
+    A failed unit cancels the units not started yet."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(units), desc=desc, unit=unit_name, disable=None)
     results: list[Any] = []
+
+    def done(result: Any) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+        bar.update()
+
     try:
         if workers <= 1:
             initializer(*initargs)
             for unit in units:
-                results.append(run_unit(*unit))
-                bar.update()
+                done(run_unit(*unit))
         else:
             # "spawn": the parent may already have run torch (policy checks), and forking a process whose torch
             # thread pools are initialised can deadlock the children.
             context = multiprocessing.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_share_cores,
-                                     initargs=(threads, initializer, *initargs)) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_share_cores,
+                                       initargs=(threads, initializer, *initargs))
+            try:
                 futures = [pool.submit(run_unit, *unit) for unit in units]
                 for future in as_completed(futures):
-                    results.append(future.result())
-                    bar.update()
+                    done(future.result())
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return results

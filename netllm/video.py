@@ -20,6 +20,8 @@ import numpy as np
 PENSIEVE_LADDER_KBPS: tuple[int, ...] = (300, 750, 1200, 1850, 2850, 4300)
 """The six-rung ladder of Pensieve and NetLLM."""
 CHUNK_DURATION_S: float = 4.0
+MAX_CHUNK_BYTES: int = 2 ** 53
+"""Largest chunk size accepted: sizes are int64 on disk and floats in the simulator, exact up to 2^53."""
 
 
 class VideoError(ValueError):
@@ -55,6 +57,8 @@ def _check(video: Video, source: Path) -> Video:
         raise VideoError(f"{source}: chunk sizes must be one non-empty row per ladder level")
     if (sizes <= 0).any():
         raise VideoError(f"{source}: chunk sizes must be positive")
+    if (sizes > MAX_CHUNK_BYTES).any():
+        raise VideoError(f"{source}: chunk sizes must be at most 2^53 bytes")
     if any(b <= a for a, b in zip(video.ladder_kbps, video.ladder_kbps[1:])):
         raise VideoError(f"{source}: ladder must be strictly ascending")
     return video
@@ -73,7 +77,7 @@ def load_video_json(path: Path) -> Video:
             name=str(doc.get("name", path.parent.name)),
             meta={k: v for k, v in doc.items() if k not in ("chunk_sizes_bytes",)},
         )
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as exc:
         raise VideoError(f"{path}: not a usable video.json ({exc})") from exc
     return _check(video, path)
 
@@ -82,22 +86,33 @@ def load_pensieve_sizes(folder: Path, ladder_kbps: tuple[float, ...] = PENSIEVE_
                         chunk_count: int | None = 48) -> Video:
     """Read `video_size_0..L-1`. Pensieve's files have 49 lines for 48 chunks; `chunk_count` trims."""
     folder = Path(folder)
-    rows = []
-    for level in range(len(ladder_kbps)):
-        f = folder / f"video_size_{level}"
-        try:
-            lines = f.read_text().split()
-        except OSError as exc:
-            raise VideoError(f"{f}: cannot read ({exc})") from exc
-        try:
-            rows.append([int(x) for x in lines])
-        except ValueError as exc:
-            raise VideoError(f"{f}: every line must be an integer byte count ({exc})") from exc
+    rows = [_read_size_file(folder / f"video_size_{level}") for level in range(len(ladder_kbps))]
     n = min(len(r) for r in rows)
     if chunk_count is not None:
         n = min(n, chunk_count)
     sizes = np.asarray([r[:n] for r in rows], dtype=np.int64)
     return _check(Video(tuple(float(x) for x in ladder_kbps), sizes, CHUNK_DURATION_S, folder.name), folder)
+
+
+def _read_size_file(path: Path) -> list[int]:
+    """The byte counts of one `video_size_L` file; a bad line is a VideoError naming `path:line`."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{path}: cannot read ({exc})") from exc
+    sizes: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        token = line.strip()
+        if not token:
+            continue
+        try:
+            size = int(token)
+        except ValueError:
+            raise VideoError(f"{path}:{number}: {token[:40]!r} is not an integer byte count") from None
+        if not 0 < size <= MAX_CHUNK_BYTES:
+            raise VideoError(f"{path}:{number}: chunk size {token[:40]} must be in 1..2^53 bytes")
+        sizes.append(size)
+    return sizes
 
 
 def load_video(path: Path) -> Video:

@@ -7,6 +7,7 @@ import bisect
 import copy
 import math
 import random
+import time
 
 import numpy as np
 import pytest
@@ -155,6 +156,53 @@ def test_zero_bandwidth_gap_is_waited_out():
     size = int(bytes_per_s(800) * 1.5)
     r = simulate_session(Fixed([0]), trace, make_video([[size] * 6]), config=SimConfig(default_quality=0))
     assert r.download_times_s[0] == pytest.approx(5.5 + RTT_S, abs=1e-9)
+
+
+def test_trace_with_too_little_data_per_pass_is_refused_up_front():
+    # 1e-6 kbps over 1000 s carries 0.12 bytes a pass: a 100 kB chunk would loop ~10^6 times over it.
+    video = make_video([[100_000] * 6])
+    started = time.perf_counter()
+    with pytest.raises(TraceError, match=r"would need .* passes \(at most 10000\)"):
+        simulate_session(Fixed([0]), make_trace([0, 1000], [1e-6, 1e-6]), video)
+    with pytest.raises(TraceError, match="passes"):
+        AbrSession(make_trace([0, 1000], [1e-6, 1e-6]), video)
+    assert time.perf_counter() - started < 1.0
+    # A trace of one millisecond that carries enough per pass plays (Mahimahi's one-line 12 Mbps link).
+    one_ms = make_trace([0, 0.001], [12000, 12000])
+    r = simulate_session(Fixed([0, 0]), one_ms, make_video([[10_000] * 6] * 2))
+    assert r.download_times_s[0] == pytest.approx(10_000 / bytes_per_s(12000) + RTT_S, rel=1e-6)
+
+
+def test_downloads_and_waits_stop_after_a_bounded_number_of_passes(monkeypatch):
+    import emulation.abr_sim as abr_sim
+
+    monkeypatch.setattr(abr_sim, "MAX_LOOPS_PER_CALL", 50)
+    short = make_trace([0, 0.001], [12000, 12000])  # 1 ms a pass
+    # a 100 kB chunk needs ~70 passes of 1425 bytes: under the up-front limit, over this run-time one
+    with pytest.raises(TraceError, match="a download of 100000 bytes would pass over the trace more than 50"):
+        simulate_session(Fixed([0]), short, make_video([[100_000] * 6]))
+    # a 2 s buffer-cap sleep is 2000 passes
+    cursor = abr_sim.TraceCursor(PreparedTrace(short), 1, PAYLOAD)
+    with pytest.raises(TraceError, match="a wait of 2 s"):
+        cursor.idle(2000.0)
+
+
+def test_simulator_computes_qoe_with_the_shared_function(monkeypatch):
+    import emulation.abr_sim as abr_sim
+
+    calls = []
+
+    def marked_qoe(bitrate_kbps, previous_kbps, rebuffer_s):
+        calls.append((bitrate_kbps, previous_kbps, rebuffer_s))
+        return chunk_qoe(bitrate_kbps, previous_kbps, rebuffer_s) + 1000.0
+
+    monkeypatch.setattr(abr_sim, "chunk_qoe", marked_qoe)
+    trace = make_trace(np.arange(0, 50, 1.0), [2000.0] * 50)
+    video = make_video([[200_000] * 6] * 4)
+    fast = simulate_session(Fixed([1, 3, 0, 5]), trace, video)
+    session = AbrSession(trace, video)
+    stepped_qoe = [session.first_step.qoe] + [session.step(q).qoe for q in (3, 0, 5)]
+    assert len(calls) == 8 and all(q > 900 for q in fast.qoe) and stepped_qoe == fast.qoe
 
 
 # ------------------------------------------------------------------ observation, QoE and logs

@@ -14,7 +14,7 @@ import pytest
 
 from emulation.abr_sim_cli import SUMMARY_KEYS, read_start_offsets, summarize_sessions
 from netllm.chunklog import COLUMNS
-from netllm.cli import CommandError
+from netllm.cli import CommandError, main
 
 NETLLM = [sys.executable, "-m", "netllm"]
 
@@ -120,3 +120,112 @@ def test_noise_seeds_are_paired_across_policies(tmp_path):
     seeds = {(name, pos): seed for name, pos, _, seed, _ in units}
     assert [seeds["bba", i] for i in range(3)] == [seeds["rb", i] for i in range(3)]
     assert len({seeds["bba", i] for i in range(3)}) == 3
+
+
+# ---------------------------------------------------------------- bad input, written rows (no reference data)
+
+def small_inputs(root: Path, traces: int = 4) -> tuple[Path, Path]:
+    """A 6-level, 5-chunk video folder and `traces` short cooked traces."""
+    from traces.generators import markov
+    from traces.readers import write_cooked
+
+    video = root / "video"
+    video.mkdir(parents=True)
+    for level, kbps in enumerate((300, 750, 1200, 1850, 2850, 4300)):
+        (video / f"video_size_{level}").write_text("\n".join([str(kbps * 500)] * 6) + "\n")
+    folder = root / "traces"
+    for k in range(traces):
+        write_cooked(markov(seed=k, duration_s=120), folder / f"trace{k}")
+    return folder, video
+
+
+def test_tiny_trace_is_a_clear_error_not_a_hang(tmp_path):
+    folder, video = small_inputs(tmp_path, traces=0)
+    folder.mkdir()
+    (folder / "a").write_text("0 1\n1e-300 1\n")
+    proc = run_cli("sim", "--traces", str(folder), "--video", str(video), "--policies", "bba",
+                   "--workers", "1", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and f"{folder / 'a'}:2: the trace spans only 1e-300 s" in proc.stderr
+    (folder / "a").write_text("0 1e-9\n1000 1e-9\n")  # spans time, but carries 0.1 bytes a pass
+    proc = run_cli("sim", "--traces", str(folder), "--video", str(video), "--policies", "bba",
+                   "--workers", "1", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "too little bandwidth" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--chunks", "-3"], "--chunks must be >= 0"),
+    (["--chunks", "-1", "--workers", "2"], "--chunks must be >= 0"),
+    (["--workers", "-2"], "--workers must be >= 0"),
+    (["--start-index", "0"], "--start-index must be >= 1"),
+])
+def test_sim_rejects_bad_options_before_writing(tmp_path, capsys, extra, words):
+    folder, video = small_inputs(tmp_path)
+    out = tmp_path / "o"
+    assert main(["sim", "--traces", str(folder), "--video", str(video), "--policies", "bba",
+                 "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_sim_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    folder, video = small_inputs(tmp_path)
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    assert main(["sim", "--traces", str(folder), "--video", str(video), "--policies", "bba", "--workers", "1",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"netllm sim: error: {out}: File exists"
+
+
+def test_sessions_finished_before_a_failure_are_in_sessions_csv(tmp_path, monkeypatch):
+    import emulation.abr_sim_cli as sim_cli
+
+    folder, video = small_inputs(tmp_path)
+    real_run_unit, calls = sim_cli._run_unit, []
+
+    def failing_third(*unit):
+        calls.append(unit)
+        if len(calls) == 3:
+            raise RuntimeError("killed mid-run")
+        return real_run_unit(*unit)
+
+    monkeypatch.setattr(sim_cli, "_run_unit", failing_third)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        main(["sim", "--traces", str(folder), "--video", str(video), "--policies", "bba", "--workers", "1",
+              "--out", str(out)])
+    sessions = pd.read_csv(out / "sessions.csv")
+    assert list(sessions.columns) == list(sim_cli.SESSION_COLUMNS)
+    assert sessions["trace"].tolist() == ["trace0", "trace1"] and sessions["mean_qoe"].notna().all()
+    assert not (out / "summary.json").exists()
+
+
+def test_sessions_csv_is_rewritten_in_order_at_the_end(tmp_path):
+    folder, video = small_inputs(tmp_path)
+    out = tmp_path / "o"
+    assert main(["sim", "--traces", str(folder), "--video", str(video), "--policies", "rb,bba",
+                 "--workers", "2", "--out", str(out)]) == 0
+    sessions = pd.read_csv(out / "sessions.csv")
+    assert list(zip(sessions["policy"], sessions["trace"])) == [
+        (p, f"trace{k}") for p in ("rb", "bba") for k in range(4)]
+    assert not list(out.glob(".*.tmp"))
+
+
+def square(x: int) -> int:
+    if x < 0:
+        raise ValueError("negative")
+    return x * x
+
+
+def test_map_units_reports_each_result_as_it_arrives():
+    from netllm.evaluation import map_units
+
+    for workers in (1, 2):
+        seen: list[int] = []
+        units = [(k,) for k in range(6)]
+        results = map_units(square, units, os.getpid, (), workers, "t", "u", seen.append)
+        assert sorted(results) == sorted(seen) == [0, 1, 4, 9, 16, 25]
+        seen.clear()
+        with pytest.raises(ValueError, match="negative"):
+            map_units(square, [(2,), (-1,)], os.getpid, (), workers, "t", "u", seen.append)

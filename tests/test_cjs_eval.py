@@ -60,3 +60,82 @@ def test_ci95() -> None:
     assert mean == 2.0
     assert low == pytest.approx(2.0 - 2.4841, abs=1e-3) and high == pytest.approx(4.4841, abs=1e-3)
     assert ci95([5.0]) == (5.0, 5.0, 5.0)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--seed-base", "-5"], "--seed-base >= 0"),
+    (["--workers", "-1"], "--workers >= 0"),
+    (["--mean-gap-s", "inf"], "--mean-gap-s must be a finite"),
+    (["--warmup-delay-s", "inf"], "--warmup-delay-s must be a finite"),
+    (["--moving-delay-s", "nan"], "--moving-delay-s must be a finite"),
+    (["--policies", "fifo,fifo"], "a policy is listed twice"),
+])
+def test_cjs_eval_rejects_bad_options_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     extra: list[str], words: str) -> None:
+    out = tmp_path / "x"
+    assert main(["cjs-eval", "--out", str(out), "--seeds", "1", "--jobs", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def broken_catalog(shared_data: Path, root: Path) -> Path:
+    """A TPC-H folder linking the real files, with one adjacency matrix replaced by garbage."""
+    source = shared_data / "cjs" / "tpch"
+    for size_dir in source.iterdir():
+        (root / size_dir.name).mkdir(parents=True)
+        for f in size_dir.iterdir():
+            (root / size_dir.name / f.name).symlink_to(f)
+    bad = root / "50g" / "adj_mat_7.npy"
+    bad.unlink()
+    bad.write_text("garbage")
+    return bad
+
+
+def test_bad_tpch_data_is_a_clear_error_with_worker_processes(shared_data: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    bad = broken_catalog(shared_data, tmp_path / "tpch")
+    out = tmp_path / "x"
+    assert main(["cjs-eval", "--out", str(out), "--seeds", "2", "--jobs", "2", "--workers", "2",
+                 "--tpch-dir", str(tmp_path / "tpch")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "BrokenProcessPool" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_finished_episodes_survive_a_failure(shared_data: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import emulation.cjs_eval as cjs_eval
+
+    real_run_unit, calls = cjs_eval._run_unit, []
+
+    def failing_third(*unit: object) -> dict:
+        calls.append(unit)
+        if len(calls) == 3:
+            raise RuntimeError("killed mid-run")
+        return real_run_unit(*unit)
+
+    monkeypatch.setattr(cjs_eval, "_run_unit", failing_third)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        main(["cjs-eval", "--out", str(out), "--policies", "fifo,fair", "--seeds", "2", "--executors", "5",
+              "--jobs", "4", "--workers", "1", "--tpch-dir", str(shared_data / "cjs" / "tpch")])
+    episodes = pd.read_csv(out / "episodes.csv")
+    assert list(episodes.columns) == list(cjs_eval.EPISODE_COLUMNS)
+    assert list(zip(episodes.policy, episodes.seed)) == [("fifo", 0), ("fifo", 1)]
+    jobs = pd.read_csv(out / "jobs.csv")
+    assert len(jobs) == 2 * 4 and set(jobs.seed) == {0, 1}
+    assert not (out / "summary.json").exists()
+
+
+def test_summary_is_strict_json(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["cjs-eval", "--out", str(out), "--policies", "fifo", "--seeds", "1", "--executors", "5",
+                 "--jobs", "3", "--workers", "1", "--tpch-dir", str(shared_data / "cjs" / "tpch")]) == 0
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON number {token}")
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["fifo"]["seeds"] == 1 and summary["mean_gap_s"] == 25.0
+    assert len(pd.read_csv(out / "episodes.csv")) == 1

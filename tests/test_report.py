@@ -151,3 +151,18 @@ def test_report_compares_results_folders_under_labels(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CommandError, match="no chunks"):
         run(Config(results=first, out=tmp_path / "y", compare=[f"{tmp_path / 'empty'}"]))
+
+
+@pytest.mark.parametrize("value", ["0", "-4", "inf", "nan"])
+def test_report_refuses_a_chunk_duration_that_is_not_a_length(tmp_path, capsys, value):
+    from netllm.cli import main
+
+    results = tmp_path / "results"
+    with ChunkLogWriter(results / "s" / "chunks.csv") as writer:
+        for row in _sessions(("bba",), traces=1)[0].rows:
+            writer.write(row)
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "r"),
+                 "--chunk-duration-s", value]) == 2
+    err = capsys.readouterr().err
+    assert "--chunk-duration-s must be a finite number of seconds > 0" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from traces.bandwidth import TraceError
+from traces.bandwidth import BandwidthTrace, TraceError
 from traces.generators import constant, main as generators_main, markov, parse_steps, stepped
 from traces.readers import (
-    TraceFileError, detect_format, read_cooked, read_mahimahi, read_sabre, read_trace, read_trace_dir,
-    write_cooked,
+    MAX_MAHIMAHI_BINS, TraceFileError, detect_format, read_cooked, read_mahimahi, read_sabre, read_trace,
+    read_trace_dir, write_cooked,
 )
 
 
@@ -230,3 +230,70 @@ def test_parse_steps_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert generators_main(["markov", "--seed", "1", "--duration-s", "30", "--out", str(tmp_path / "m")]) == 0
     assert read_trace(tmp_path / "m").duration_s == pytest.approx(30)
     assert generators_main(["stepped", "--steps", "1:0", "--out", str(out)]) == 2
+
+
+# ---- degenerate and oversized inputs ----------------------------------------------------------------------
+
+def test_trace_spanning_almost_no_time_is_refused(tmp_path: Path) -> None:
+    # A replay loops over the trace: 1e-300 s of it would loop (practically) forever.
+    with pytest.raises(TraceFileError) as info:
+        read_trace(_write(tmp_path, "tiny", "0 1\n1e-300 1\n"))
+    assert info.value.line == 2 and "spans only 1e-300 s" in str(info.value)
+    with pytest.raises(TraceError, match="spans only"):
+        stepped([(1e-320, 1.0)])
+    with pytest.raises(TraceError, match="spans only"):
+        BandwidthTrace("t", np.array([0.0, 1e-4]), np.array([1.0, 1.0]))
+    # One Mahimahi line (a 12 Mbps constant link) spans 1 ms: the shortest trace allowed.
+    assert read_mahimahi(_write(tmp_path, "one", "1\n")).duration_s == pytest.approx(0.001)
+
+
+def test_cooked_bandwidth_overflowing_kbps_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(TraceFileError) as info:
+        read_cooked(_write(tmp_path, "big", "0 1\n1 1e308\n"))
+    assert info.value.line == 2 and "too large" in str(info.value)
+
+
+def test_mahimahi_bins_are_capped(tmp_path: Path) -> None:
+    # 10^14 ms would be 10^11 one-second bins (745 GiB); refused before any allocation.
+    with pytest.raises(TraceFileError) as info:
+        read_mahimahi(_write(tmp_path, "long", "1\n100000000000000\n"))
+    assert info.value.line == 2 and f"at most {MAX_MAHIMAHI_BINS}" in str(info.value)
+    # The same length with bins big enough is fine.
+    assert read_mahimahi(_write(tmp_path, "ok", "1\n100000000000\n"), bin_s=1e6).duration_s == 1e8
+
+
+def test_comma_separated_file_gets_a_helpful_message(tmp_path: Path) -> None:
+    path = _write(tmp_path, "csv", "0,1\n1,2\n")
+    with pytest.raises(TraceFileError, match=r"csv:1: .*comma-separated values\? cooked traces separate"):
+        read_trace(path)
+    with pytest.raises(TraceFileError, match="comma-separated"):
+        read_cooked(path)
+    with pytest.raises(TraceFileError, match="comma-separated"):
+        read_cooked(_write(tmp_path, "csv2", "0, 1\n1, 2\n"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["stepped", "--steps", "1:1e-320"], "spans only"),
+    (["stepped", "--steps", "inf:10"], "finite"),
+    (["markov", "--seed", "1", "--duration-s", "inf"], "finite"),
+    (["markov", "--seed", "1", "--duration-s", "30", "--max-mbps", "inf"], "finite"),
+    (["markov", "--seed", "-1", "--duration-s", "30"], "seed"),
+    (["constant", "--mbps", "1", "--duration-s", "1e12"], "at most 1000000"),
+    (["constant", "--mbps", "1", "--duration-s", "-5"], "duration"),
+    (["constant", "--mbps", "1", "--duration-s", "nan"], "duration"),
+])
+def test_gen_trace_refuses_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                      words: str) -> None:
+    out = tmp_path / "t.txt"
+    assert generators_main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_gen_trace_unwritable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert generators_main(["constant", "--mbps", "1", "--duration-s", "5", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {folder}" in err and len(err.strip().splitlines()) == 1

@@ -194,3 +194,68 @@ def test_cli_max_windows_keeps_whole_viewers(dataset: Path, tmp_path: Path) -> N
                  "--policies", "no-motion", "--no-csv"]) == 0
     doc = json.loads((out / "summary.json").read_text())["datasets"]["Synth"]["policies"]["no-motion"]
     assert doc["viewers"] == 2 and doc["windows"] == 10
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], "--batch-size >= 1"),
+    (["--concurrency", "0"], "--concurrency >= 1"),
+    (["--bootstrap", "-1"], "--bootstrap >= 0"),
+    (["--realtime-speed", "nan"], "--realtime-speed"),
+    (["--policies", "velocity,velocity"], "a policy is listed twice"),
+    (["--split", "all", "--trim-tail", "100000"], "holds no window"),
+])
+def test_cli_rejects_bad_values_before_writing(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               extra: list[str], words: str) -> None:
+    out = tmp_path / "o"
+    assert main(["vp-eval", "--dataset", str(dataset), "--out", str(out)] + extra) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_evaluate_policy_refuses_an_empty_batch_size() -> None:
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        evaluate_policy(make_vp_policy("velocity"), make_windows([steady_turn("1", "1")]), batch_size=0)
+
+
+def test_cli_refuses_two_datasets_with_one_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first, second = write_dataset(tmp_path / "a", 2, 2), write_dataset(tmp_path / "b", 2, 2)
+    assert main(["vp-eval", "--dataset", f"{first},{second}", "--out", str(tmp_path / "o"),
+                 "--split", "all"]) == 2
+    assert "Synth is given twice" in capsys.readouterr().err
+
+
+def test_cli_out_that_is_a_file_is_a_one_line_error(dataset: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "taken"
+    out.write_text("")
+    assert main(["vp-eval", "--dataset", str(dataset), "--out", str(out), "--split", "all"]) == 2
+    assert capsys.readouterr().err.strip() == f"netllm vp-eval: error: {out}: File exists"
+
+
+def test_rows_scored_before_a_failure_are_in_windows_csv(dataset: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import emulation.vp_eval as vp_eval
+
+    real_score = vp_eval._score
+
+    def failing_second(cfg, name, *rest):  # type: ignore[no-untyped-def]
+        if name == "velocity":
+            raise RuntimeError("killed mid-run")
+        return real_score(cfg, name, *rest)
+
+    monkeypatch.setattr(vp_eval, "_score", failing_second)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        main(["vp-eval", "--dataset", str(dataset), "--out", str(out), "--split", "all", "--no-csv",
+              "--policies", "no-motion,velocity"])
+    rows = pd.read_csv(out / "windows.csv")
+    assert len(rows) == 25 * 5 and set(rows.policy) == {"no-motion"} and "gc_deg_20" in rows.columns
+    assert not (out / "summary.json").exists()
+
+
+def test_no_csv_removes_the_running_copy(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert main(["vp-eval", "--dataset", str(dataset), "--out", str(out), "--split", "all", "--no-csv",
+                 "--policies", "no-motion,velocity", "--bootstrap", "10"]) == 0
+    assert not (out / "windows.csv").exists() and len(pd.read_parquet(out / "windows.parquet")) == 2 * 125

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MIN_SPAN_S = 0.001
+"""Shortest trace accepted: one millisecond, Mahimahi's resolution (a one-line Mahimahi file spans 1 ms).
+A replay loops over the trace, so a trace spanning (almost) no time would loop (almost) forever."""
+
 
 class TraceError(ValueError):
     """A malformed trace; the message names the file and, where it applies, the line."""
@@ -24,7 +28,7 @@ class BandwidthTrace:
     name: str
     """Usually the file name; used in logs and results."""
     time_s: np.ndarray
-    """Sample timestamps, float64, non-decreasing, at least 2 samples."""
+    """Sample timestamps, float64, non-decreasing, at least 2 samples spanning at least MIN_SPAN_S."""
     bandwidth_kbps: np.ndarray
     """Bandwidth of the interval ending at each sample, float64, >= 0 and finite."""
     latency_ms: np.ndarray | None = None
@@ -48,6 +52,9 @@ class BandwidthTrace:
             raise TraceError(f"{where}: time goes backwards")
         if t[-1] <= t[0]:
             raise TraceError(f"{where}: the trace spans no time")
+        if t[-1] - t[0] < MIN_SPAN_S:
+            raise TraceError(f"{where}: the trace spans only {t[-1] - t[0]:.3g} s; at least {MIN_SPAN_S} s "
+                             "is needed (a replay loops over it)")
 
     @property
     def duration_s(self) -> float:

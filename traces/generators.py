@@ -14,6 +14,7 @@ The same seed always gives the same trace.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,23 @@ from typing import Sequence
 import numpy as np
 
 from traces.bandwidth import BandwidthTrace
+
+MAX_SAMPLES = 1_000_000
+"""Most samples a generated trace may have (11.6 days at 1 s): far beyond any session, small in memory."""
+
+
+def _sample_count(duration_s: float, step_s: float) -> int:
+    """Samples of `step_s` covering `duration_s`; ValueError for a duration that is not a usable length."""
+    if not (math.isfinite(step_s) and step_s > 0):
+        raise ValueError(f"step must be a finite number of seconds > 0, got {step_s}")
+    if not (math.isfinite(duration_s) and duration_s >= step_s):
+        raise ValueError(f"duration must be a finite number of seconds >= the {step_s:g} s step, "
+                         f"got {duration_s}")
+    count = int(round(duration_s / step_s))
+    if count > MAX_SAMPLES:
+        raise ValueError(f"duration {duration_s:g} s is {count} samples of {step_s:g} s; at most "
+                         f"{MAX_SAMPLES} are allowed")
+    return count
 
 
 def stepped(steps_s_mbps: Sequence[tuple[float, float]], name: str = "stepped") -> BandwidthTrace:
@@ -30,10 +48,10 @@ def stepped(steps_s_mbps: Sequence[tuple[float, float]], name: str = "stepped") 
     times = [0.0]
     rates_kbps: list[float] = []
     for duration_s, mbps in steps_s_mbps:
-        if not duration_s > 0:
-            raise ValueError(f"step duration must be > 0 s, got {duration_s}")
-        if not mbps >= 0:
-            raise ValueError(f"step bandwidth must be >= 0 Mbps, got {mbps}")
+        if not (duration_s > 0 and math.isfinite(duration_s)):
+            raise ValueError(f"step duration must be a finite number of seconds > 0, got {duration_s}")
+        if not (mbps >= 0 and math.isfinite(mbps)):
+            raise ValueError(f"step bandwidth must be a finite number of Mbps >= 0, got {mbps}")
         times.append(times[-1] + float(duration_s))
         rates_kbps.append(float(mbps) * 1000.0)
     return BandwidthTrace(name, np.asarray(times), np.asarray([rates_kbps[0], *rates_kbps]))
@@ -42,7 +60,7 @@ def stepped(steps_s_mbps: Sequence[tuple[float, float]], name: str = "stepped") 
 def constant(mbps: float, duration_s: float = 600.0, step_s: float = 1.0,
              name: str = "constant") -> BandwidthTrace:
     """A flat trace, sampled every `step_s` (so offsets by sample index still mean something)."""
-    count = max(1, int(round(duration_s / step_s)))
+    count = _sample_count(duration_s, step_s)
     return stepped([(step_s, mbps)] * count, name=name)
 
 
@@ -50,12 +68,14 @@ def markov(seed: int, duration_s: float = 600.0, step_s: float = 1.0, min_mbps: 
            max_mbps: float = 6.0, states: int = 10, switch_prob: float = 0.1, max_jump: int = 2,
            noise: float = 0.1, name: str | None = None) -> BandwidthTrace:
     """A seeded Markov random walk over log-spaced bandwidth levels (module docstring)."""
-    if not (0 < min_mbps < max_mbps) or states < 2 or not (0 <= switch_prob <= 1) or max_jump < 1:
-        raise ValueError("markov: need 0 < min_mbps < max_mbps, states >= 2, 0 <= switch_prob <= 1, "
+    if not (0 < min_mbps < max_mbps < math.inf) or states < 2 or not (0 <= switch_prob <= 1) or max_jump < 1:
+        raise ValueError("markov: need 0 < min_mbps < max_mbps (finite), states >= 2, 0 <= switch_prob <= 1, "
                          "max_jump >= 1")
+    if seed < 0:
+        raise ValueError(f"markov: the seed must be >= 0, got {seed}")
+    count = max(2, _sample_count(duration_s, step_s))
     rng = np.random.default_rng(seed)
     levels_mbps = np.geomspace(min_mbps, max_mbps, states)
-    count = max(2, int(round(duration_s / step_s)))
     state = int(rng.integers(states))
     values_mbps = np.empty(count)
     for i in range(count):
@@ -120,8 +140,11 @@ def run_args(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    write_cooked(trace, ns.out)
+    try:
+        write_cooked(trace, ns.out)
+    except OSError as exc:
+        print(f"error: cannot write {ns.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"wrote {ns.out} ({trace.duration_s:g} s, mean {trace.mean_bandwidth_kbps / 1000:.3f} Mbps)")
     return 0
 

@@ -39,6 +39,7 @@ Bad files raise `HeadTraceError` naming the file and the 1-based line (`path:lin
 
 from __future__ import annotations
 
+import codecs
 import io
 import math
 import re
@@ -158,6 +159,8 @@ def vectors_to_trace(time_s: np.ndarray, xyz: np.ndarray, video_id: str, user_id
 
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
+    # Spreadsheet tools save CSV with a UTF-8 byte-order mark; it is not part of the first field.
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -15,7 +15,11 @@ Formats, all returned as `traces.bandwidth.BandwidthTrace` (seconds, kbps):
 
 Format detection (`fmt="auto"`): a `.json` file name, or content whose first non-blank character is `[`,
 is sabre; otherwise the first non-blank line decides: one token -> mahimahi, two tokens -> cooked. Anything
-else is a `TraceFileError`.
+else is a `TraceFileError` (a comma-separated line gets a message saying that cooked columns are separated by
+spaces or tabs).
+
+Every trace must span at least `traces.bandwidth.MIN_SPAN_S`; a Mahimahi trace may hold at most
+`MAX_MAHIMAHI_BINS` bins (its memory grows with its length over the bin).
 
 Errors name the file and the 1-based line number (`path:line: message`) and carry them as attributes.
 """
@@ -29,11 +33,16 @@ from typing import Iterator
 
 import numpy as np
 
-from traces.bandwidth import BandwidthTrace, TraceError
+from traces.bandwidth import MIN_SPAN_S, BandwidthTrace, TraceError
 
 FORMATS = ("cooked", "mahimahi", "sabre")
 MAHIMAHI_PACKET_BITS = 1500 * 8
 DEFAULT_MAHIMAHI_BIN_S = 1.0
+MAX_MAHIMAHI_BINS = 1_000_000
+"""About 11.6 days of 1 s bins (some 50 MB while binning). A longer trace is almost surely a mistyped
+timestamp, and binning it would allocate memory in proportion (a 10^14 ms stamp asked for 745 GiB)."""
+COMMA_HINT = ("comma-separated values? cooked traces separate time_s and bandwidth_Mbps with spaces or tabs, "
+              "Mahimahi traces have one integer millisecond timestamp a line")
 
 
 class TraceFileError(TraceError):
@@ -58,7 +67,8 @@ def _number(path: Path, line: int, token: str, what: str) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise TraceFileError(path, line, f"{what} {token!r} is not a number") from None
+        hint = f" ({COMMA_HINT})" if "," in token else ""
+        raise TraceFileError(path, line, f"{what} {token!r} is not a number{hint}") from None
     if not math.isfinite(value):
         raise TraceFileError(path, line, f"{what} {token!r} is not finite")
     return value
@@ -83,16 +93,20 @@ def read_cooked(path: Path | str, name: str | None = None) -> BandwidthTrace:
     rates_kbps: list[float] = []
     for line, tokens in _data_lines(text):
         if len(tokens) != 2:
+            hint = f" ({COMMA_HINT})" if "," in "".join(tokens) else ""
             raise TraceFileError(path, line,
-                                 f"expected 2 columns (time_s bandwidth_Mbps), found {len(tokens)}")
+                                 f"expected 2 columns (time_s bandwidth_Mbps), found {len(tokens)}{hint}")
         time_s = _number(path, line, tokens[0], "time")
         mbps = _number(path, line, tokens[1], "bandwidth")
         if mbps < 0:
             raise TraceFileError(path, line, f"negative bandwidth {tokens[1]}")
         if times and time_s < times[-1]:
             raise TraceFileError(path, line, f"time goes backwards ({tokens[0]} after {times[-1]:g})")
+        kbps = mbps * 1000.0
+        if not math.isfinite(kbps):  # finite Mbps near the float limit overflow in kbps
+            raise TraceFileError(path, line, f"bandwidth {tokens[1]} Mbps is too large")
         times.append(time_s)
-        rates_kbps.append(mbps * 1000.0)
+        rates_kbps.append(kbps)
     return _finish(path, text, name, times, rates_kbps)
 
 
@@ -105,6 +119,9 @@ def _finish(path: Path, text: str, name: str | None, times: list[float], rates_k
         raise TraceFileError(path, last, "a trace needs at least 2 samples")
     if times[-1] <= times[0]:
         raise TraceFileError(path, last, "the trace spans no time")
+    if times[-1] - times[0] < MIN_SPAN_S:
+        raise TraceFileError(path, last, f"the trace spans only {times[-1] - times[0]:.3g} s; at least "
+                                         f"{MIN_SPAN_S} s is needed (a replay loops over it)")
     lat = np.asarray(latency_ms, dtype=np.float64) if latency_ms is not None else None
     return BandwidthTrace(name or path.name, np.asarray(times), np.asarray(rates_kbps), lat, source=str(path))
 
@@ -123,7 +140,8 @@ def read_mahimahi(path: Path | str, bin_s: float = DEFAULT_MAHIMAHI_BIN_S,
         try:
             stamp = int(tokens[0])
         except ValueError:
-            raise TraceFileError(path, line, f"timestamp {tokens[0]!r} is not an integer") from None
+            hint = f" ({COMMA_HINT})" if "," in tokens[0] else ""
+            raise TraceFileError(path, line, f"timestamp {tokens[0]!r} is not an integer{hint}") from None
         if stamp < 0:
             raise TraceFileError(path, line, f"negative timestamp {stamp}")
         if stamps_ms and stamp < stamps_ms[-1]:
@@ -135,6 +153,11 @@ def read_mahimahi(path: Path | str, bin_s: float = DEFAULT_MAHIMAHI_BIN_S,
     period_ms = stamps_ms[-1]
     if period_ms <= 0:
         raise TraceFileError(path, last, "the trace spans no time (last timestamp must be > 0 ms)")
+    n_bins = math.ceil(period_ms / (bin_s * 1000.0))
+    if n_bins > MAX_MAHIMAHI_BINS:
+        raise TraceFileError(path, last, f"last timestamp {period_ms} ms makes {n_bins} bins of {bin_s:g} s; "
+                                         f"at most {MAX_MAHIMAHI_BINS} are allowed (a wrong timestamp, or "
+                                         "use a larger bin)")
     return _bin_mahimahi(path, name, np.asarray(stamps_ms, dtype=np.int64), period_ms, bin_s * 1000.0)
 
 
@@ -241,6 +264,8 @@ def detect_format(path: Path | str) -> str:
     if text.lstrip().startswith("["):
         return "sabre"
     for line, tokens in _data_lines(text):
+        if len(tokens) == 1 and "," in tokens[0]:
+            raise TraceFileError(path, line, f"unknown trace format: {COMMA_HINT}")
         if len(tokens) == 1:
             return "mahimahi"
         if len(tokens) == 2:
