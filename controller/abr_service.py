@@ -4,6 +4,10 @@ Request body: an AbrObservation as JSON (see `netllm.abr_state.parse_observation
 `"policy": name` (the controller's default policy when absent or null). Answer:
 `{"quality": int, "policy": str, "latency_ms": float}`, where latency is the server-side decision time
 (policy look-up/creation and `select_quality`, the worker-thread hop included for blocking policies).
+Errors are `{"error": message, "field": name or null}`: 400 for an invalid field (413/415 for the body's size
+or type), 422 for a valid observation the policy cannot serve (a ladder with another number of levels than
+its checkpoint's), 500 when the policy itself fails (counted in /healthz's `policy_failures`; that session's
+instance is dropped) and 503 when it cannot be built. No input stops the service.
 
 Policy instances are per (session_id, policy): a fresh instance when a session starts (chunk_index 0) or the
 id is unseen. Policies whose class sets `blocking = True` (model inference) run on the service's single worker
