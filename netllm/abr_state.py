@@ -94,7 +94,8 @@ def _number(doc: dict, name: str, lo: float, hi: float, integer: bool = False) -
         raise ObservationError(name, "must be an integer")
     # Compare before any float conversion: a huge JSON integer (10**400) does not fit a float.
     if isinstance(v, float) and not math.isfinite(v) or v < lo or v > hi:
-        raise ObservationError(name, f"must be finite and in [{lo}, {hi}], got {v}")
+        shown = f"{v}" if len(f"{v}") <= 40 else f"{str(v)[:20]}... ({len(str(v))} digits)"
+        raise ObservationError(name, f"must be finite and in [{lo}, {hi}], got {shown}")
     return int(v) if integer else float(v)
 
 
