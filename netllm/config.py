@@ -93,3 +93,17 @@ def save_config(cfg: Any, out_dir: Path, name: str = "config.json") -> Path:
     path = out_dir / name
     path.write_text(json.dumps(to_jsonable(cfg), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def read_json_object(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """The JSON object in `path`; `error(message naming the file)` when it cannot be read, is not JSON or is
+    not an object (`what` says what the file should have been, e.g. "a run config")."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise error(f"{path}: not {what} (a JSON object)")
+    return doc

@@ -179,13 +179,14 @@ def test_checkpoint_round_trip_and_whole_episode(tmp_path: Path, catalog: JobCat
 def test_train_cjs_cli_writes_run_and_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rc = main(["train-cjs", "--model", "netllm-cjs", "--backbone", "tiny", "--out", str(out),
-               "--checkpoint", str(tmp_path / "ckpt"), "--executors", str(EXECUTORS),
+               "--export", str(tmp_path / "ckpt"), "--executors", str(EXECUTORS),
                "--pool-policies", "fair,fifo-cap25", "--pool-seeds", "2", "--pool-jobs", "4", "--valid-seeds", "1",
                "--optimizer-steps", "6", "--eval-loss-every", "3", "--micro-batch-size", "2", "--grad-accum", "1",
                "--warmup-steps", "1", "--valid-windows", "8", "--window", "2", "--dim", "8", "--hidden", "16"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "netllm-cjs" and summary["steps_run"] == 6 and summary["episode_jobs"] == 4
+    assert summary["checkpoint"] == str(out / "best") and summary["exported_to"] == str(tmp_path / "ckpt")
     assert json.loads((out / "config.json").read_text())["backbone"] == "tiny"
     rows = (out / "loss.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and len(rows) == 7

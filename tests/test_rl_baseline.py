@@ -53,12 +53,13 @@ def test_train_rl_command_and_pensieve_policy(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 1024 and summary["train_traces"] == 164 and summary["valid_traces"] == 29
-    log = (out / "train_log.csv").read_text().splitlines()
+    log = (out / "loss.csv").read_text().splitlines()
     assert log[0].startswith("step,") and len(log) == 3
-    assert json.loads((out / "train_config.json").read_text())["steps"] == 1024
-    config = json.loads((out / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text())["steps"] == 1024  # the resolved options
+    best = out / "best"  # the checkpoint: actor, critic and the network's config.json
+    config = json.loads((best / "config.json").read_text())
     assert config["levels"] == 6 and config["valid_mean_qoe"] == pytest.approx(summary["best_valid_mean_qoe"])
-    policy = make_policy("pensieve", checkpoint=out)
+    policy = make_policy("pensieve", checkpoint=best)
     video_dir = shared_data / "abr" / "videos" / "video1_sizes"
     video = load_video(video_dir)
     from traces.splits import split_paths
@@ -74,7 +75,7 @@ def test_train_rl_command_and_pensieve_policy(shared_data, tmp_path):
                           str(listed), "--video", str(video_dir), "--out", str(tmp_path / "sim"),
                           "--workers", "2"],
                          capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "NETLLM_PENSIEVE_CHECKPOINT": str(out)})
+                         env={**os.environ, "NETLLM_PENSIEVE_CHECKPOINT": str(best)})
     assert sim.returncode == 0, sim.stderr
     assert json.loads((tmp_path / "sim" / "summary.json").read_text())["pensieve"]["traces"] == 3
 

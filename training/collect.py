@@ -227,9 +227,12 @@ def collect_pool(sessions: list[Session], policies: list[str], video: Any, repea
 def run(cfg: Config) -> int:
     from controller.policies import UnknownPolicyError, policy_class
     from netllm.chunklog import write_summary
+    from training.pool import PoolError
 
     if cfg.repeats < 1 or not 0 <= cfg.epsilon <= 1:
         raise CommandError("--repeats must be >= 1 and --epsilon in [0, 1]")
+    if not cfg.policies:
+        raise CommandError("--policies is empty: name at least one policy to play the episodes")
     if cfg.keep not in KEEP_CHOICES:
         raise CommandError(f"--keep {cfg.keep!r}: use one of {', '.join(KEEP_CHOICES)}")
     for name in cfg.policies + ([cfg.label_with] if cfg.label_with else []):
@@ -253,9 +256,12 @@ def run(cfg: Config) -> int:
     started = time.monotonic()
     meta = {"split": None if cfg.trace_dir else cfg.split, "trace_dir": str(cfg.trace_dir or ""),
             "video": str(cfg.video or default_video_path())}
-    pool, per_policy = collect_pool(sessions, cfg.policies, video, cfg.repeats, cfg.noise, cfg.epsilon,
-                                    cfg.seed, progress=True, meta=meta, keep=cfg.keep,
-                                    label_with=cfg.label_with, append_to=earlier)
+    try:
+        pool, per_policy = collect_pool(sessions, cfg.policies, video, cfg.repeats, cfg.noise, cfg.epsilon,
+                                        cfg.seed, progress=True, meta=meta, keep=cfg.keep,
+                                        label_with=cfg.label_with, append_to=earlier)
+    except PoolError as exc:  # e.g. no session at all: an empty pool
+        raise CommandError(f"no pool written: {exc}") from exc
     pool.save(cfg.out)
     save_config(cfg, cfg.out)
     summary = {"rows": len(pool), "episodes": pool.episode_count, "traces": len(sessions),

@@ -10,16 +10,17 @@ learning rates (actor 1e-4, critic 1e-3). Rewards are the chunk QoE terms (`netl
 
 Checkpoint selection: every `--eval-every` decisions the greedy actor (most likely level) plays every
 validation trace once (start sample 1, no noise, chunk 0 at quality 1: the project's evaluation protocol)
-and the best mean QoE so far is saved to `--out`: `model.safetensors` (actor), `critic.safetensors`,
-`config.json` (network shape, ladder, training metadata); `train_log.csv` has one line per evaluation,
-`summary.json` the outcome and `train_config.json` the resolved options. Training and validation traces
-must not overlap fcc-test or norway-test (checked by content): evaluation sets are never used for training
-or checkpoint selection.
+and the best mean QoE so far is saved to `OUT/best/` (the folder the `pensieve` policy loads, swapped in
+whole): `model.safetensors` (actor), `critic.safetensors`, `config.json` (network shape, ladder, training
+metadata). The run folder `--out` (default runs/pensieve, never a shipped model) holds, as every training
+command's: `config.json` (the resolved options), `loss.csv` (one line per evaluation), `summary.json` (the
+outcome) and best/. There is no `--resume`: an --out that is not empty is refused. Training and validation
+traces must not overlap fcc-test or norway-test (checked by content): evaluation sets are never used for
+training or checkpoint selection.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -29,9 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from netllm.atomic import write_folder_atomically
 from netllm.cli import CommandError
 from netllm.config import arg, save_config, to_jsonable
-from netllm.paths import REPO_ROOT, shared_data_dir
+from netllm.paths import shared_data_dir
+from training.run_files import check_ranges
+
+LOG_COLUMNS = ("step", "wall_s", "entropy", "train_episode_qoe", "valid_mean_qoe")
 
 
 def _default_video() -> Path:
@@ -40,7 +45,8 @@ def _default_video() -> Path:
 
 @dataclass
 class Config:
-    out: Path = arg(REPO_ROOT / "models" / "pensieve-a2c", help="checkpoint folder")
+    out: Path = arg(Path("runs/pensieve"), help="run folder (must be new or empty); the checkpoint goes to "
+                                                "OUT/best")
     train_traces: str = arg("train", help="training traces: a split name (netllm splits), a folder or a "
                                           "JSON list")
     valid_traces: str = arg("valid", help="validation traces for checkpoint selection (same forms)")
@@ -164,16 +170,16 @@ def evaluate(actor: Any, net_config: dict[str, Any], traces: list[Any], video: A
         actor.train()
 
 
-def save_checkpoint(out: Path, actor: Any, critic: Any, net_config: dict[str, Any]) -> None:
+def save_checkpoint(folder: Path, actor: Any, critic: Any, net_config: dict[str, Any]) -> None:
+    """The `pensieve` policy's checkpoint folder, swapped in whole (an interruption keeps the last one)."""
     from safetensors.torch import save_file
 
-    from netllm.atomic import make_readable
+    def write(staging: Path) -> None:
+        for net, name in ((actor, "model.safetensors"), (critic, "critic.safetensors")):
+            save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(staging / name))
+        (staging / "config.json").write_text(json.dumps(net_config, indent=2, sort_keys=True) + "\n")
 
-    out.mkdir(parents=True, exist_ok=True)
-    for net, name in ((actor, "model.safetensors"), (critic, "critic.safetensors")):
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(out / name))
-        make_readable(out / name)
-    (out / "config.json").write_text(json.dumps(net_config, indent=2, sort_keys=True) + "\n")
+    write_folder_atomically(Path(folder), write)
 
 
 class Trainer:
@@ -234,29 +240,49 @@ class Trainer:
         return float(entropy.detach())
 
     def run(self) -> dict[str, Any]:
+        """Train; evaluations go to OUT/loss.csv as they happen, the best actor to OUT/best."""
+        from training.trainer import CsvLog
+
         cfg = self.cfg
         per_update = cfg.rollout * cfg.envs
         updates = max(1, cfg.steps // per_update)
         eval_every = max(1, cfg.eval_every // per_update)
-        best, best_step, log = -np.inf, 0, []
+        best, best_step, evaluations = -np.inf, 0, 0
         started = time.time()
+        log = CsvLog(Path(cfg.out) / "loss.csv", LOG_COLUMNS)
         for u in range(1, updates + 1):
             entropy = self.update(u / updates)
             if u % eval_every == 0 or u == updates:
                 step = u * per_update
                 valid_qoe = evaluate(self.actor, self.net_config, self.valid, self.video)
                 recent = self.sessions.episode_qoe[-100:]
-                log.append({"step": step, "wall_s": round(time.time() - started, 2), "entropy": entropy,
-                            "train_episode_qoe": float(np.mean(recent)) if recent else None,
-                            "valid_mean_qoe": valid_qoe})
+                log.write({"step": step, "wall_s": round(time.time() - started, 2), "entropy": entropy,
+                           "train_episode_qoe": float(np.mean(recent)) if recent else "",
+                           "valid_mean_qoe": valid_qoe})
+                evaluations += 1
                 if valid_qoe > best:
                     best, best_step = valid_qoe, step
-                    save_checkpoint(cfg.out, self.actor, self.critic,
+                    save_checkpoint(Path(cfg.out) / "best", self.actor, self.critic,
                                     {**self.net_config, "step": step, "valid_mean_qoe": valid_qoe})
                 print(f"step {step:>9d}  valid QoE {valid_qoe:.4f}  best {best:.4f} @ {best_step}  "
                       f"entropy {entropy:.3f}  {time.time() - started:.0f} s", flush=True)
+        log.close()
         return {"steps": updates * per_update, "best_valid_mean_qoe": best, "best_step": best_step,
-                "episodes": len(self.sessions.episode_qoe), "wall_s": time.time() - started, "log": log}
+                "evaluations": evaluations, "episodes": len(self.sessions.episode_qoe),
+                "wall_s": time.time() - started}
+
+
+def _check(cfg: Config) -> None:
+    """Every option that can be checked without data, before any work."""
+    if cfg.steps < 1 or cfg.envs < 1 or cfg.rollout < 1:
+        raise CommandError("--steps, --envs and --rollout must be >= 1")
+    check_ranges(cfg, at_least={"actor_lr": 0, "critic_lr": 0, "entropy_start": 0, "entropy_end": 0,
+                                "eval_every": 1, "hidden": 1, "threads": 1},
+                 within={"gamma": (0, 1)})
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CommandError(f"--out {out}: not a new or empty folder (train-rl cannot resume, and never "
+                           "writes into an existing run or a shipped model): choose another --out")
 
 
 def run(cfg: Config) -> int:
@@ -268,8 +294,7 @@ def run(cfg: Config) -> int:
     from traces.bandwidth import TraceError
     from traces.readers import read_trace
 
-    if cfg.steps < 1 or cfg.envs < 1 or cfg.rollout < 1:
-        raise CommandError("--steps, --envs and --rollout must be >= 1")
+    _check(cfg)
     torch.set_num_threads(cfg.threads)
     train_paths, valid_paths = resolve_traces(cfg.train_traces), resolve_traces(cfg.valid_traces)
     check_no_test_traces(train_paths + valid_paths)
@@ -279,15 +304,11 @@ def run(cfg: Config) -> int:
         valid = [PreparedTrace(read_trace(p)) for p in valid_paths]
     except (VideoError, TraceError) as exc:
         raise CommandError(str(exc)) from None
-    save_config(cfg, cfg.out, name="train_config.json")  # config.json is the checkpoint's network config
+    save_config(cfg, Path(cfg.out))
     result = Trainer(cfg, train, valid, video).run()
-    with open(cfg.out / "train_log.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(result["log"][0]))
-        writer.writeheader()
-        writer.writerows(result["log"])
-    write_summary(to_jsonable({k: v for k, v in result.items() if k != "log"}
-                              | {"train_traces": len(train), "valid_traces": len(valid),
-                                 "checkpoint": str(cfg.out / "model.safetensors")}), cfg.out)
+    best = Path(cfg.out) / "best"
+    write_summary(to_jsonable(result | {"train_traces": len(train), "valid_traces": len(valid),
+                                        "checkpoint": str(best)}), cfg.out)
     print(f"best validation QoE {result['best_valid_mean_qoe']:.4f} at step {result['best_step']}; "
-          f"checkpoint in {cfg.out}")
+          f"checkpoint in {best}")
     return 0

@@ -17,8 +17,10 @@ per-episode mean QoE (`--target-quantiles`), jointly with the context served (`-
 the trained window), and written into `OUT/best/netllm_config.json`.
 
 Outputs in `--out`: config.json (resolved), loss.csv (one row per optimizer step; eval columns filled on eval
-steps), best/ (selected checkpoint, stored in `--save-dtype`), last/ (float32 + optimizer state for
-`--resume`), summary.json.
+steps), best/ (selected checkpoint, stored in `--save-dtype`), last/ (float32 weights + optimizer state for
+`--resume`, written as one folder), summary.json. `--resume` refuses options that differ from config.json
+except those in RESUMABLE (how long and how often, where it runs, the pool and validation budget: what
+models/README.md's resumes change); each resume keeps the config it replaces as config-resume-N.json.
 """
 
 from __future__ import annotations
@@ -32,7 +34,21 @@ from typing import Any
 import numpy as np
 
 from netllm.cli import CommandError
-from netllm.config import arg, save_config
+from netllm.config import arg
+from training.run_files import check_choice, check_ranges, check_resume_config, save_run_config
+
+# Options a resumed run may change; every other one defines the model, its optimizer or its data and must
+# match OUT/config.json. The pool may change (a resumed fine-tune on a new pool, models/README step 7), and so
+# may the batch split (the counters are running totals) and the periodic evaluations' budget and target.
+RESUMABLE = frozenset({
+    "optimizer_steps", "max_minutes", "stop_after_steps", "eval_every", "threads",  # how long, how often
+    "resume", "out", "init_from", "select_only",  # this invocation (a copied run resumes under a new --out)
+    "pool", "device", "dtype", "micro_batch_size", "grad_accum",
+    "valid_max_traces", "valid_starts", "valid_windows", "valid_quantize", "eval_target_quantile",
+    "target_quantiles", "serving_windows",  # end-of-run candidates
+})
+FINETUNE_MODES = ("lora", "full", "frozen")
+SAVE_DTYPES = ("float32", "bfloat16", "float16")  # controller.netllm.checkpoint.STORAGE_DTYPES, without torch
 
 LOSS_COLUMNS = ("step", "micro_batches", "samples", "loss", "lr", "grad_norm", "elapsed_s", "valid_loss",
                 "valid_qoe", "best")
@@ -131,14 +147,22 @@ def _model_config(cfg: Config, hidden_size: int) -> Any:
 
 
 def _check(cfg: Config) -> None:
-    if cfg.select_by not in ("sim", "loss"):
-        raise CommandError("--select-by must be sim or loss")
-    if cfg.select_by == "loss" and not 0 < cfg.valid_fraction < 1:
-        raise CommandError("--select-by loss needs --valid-fraction in (0, 1)")
+    """Every option that can be checked without data, before any work (a bad value would otherwise surface
+    as NaN losses or a traceback after training)."""
+    check_choice(cfg, "select_by", ("sim", "loss"))
+    check_choice(cfg, "finetune", FINETUNE_MODES)
+    check_choice(cfg, "save_dtype", SAVE_DTYPES)
     if min(cfg.optimizer_steps, cfg.micro_batch_size, cfg.grad_accum, cfg.eval_every, cfg.window,
            cfg.valid_starts) < 1:
         raise CommandError("--optimizer-steps, --micro-batch-size, --grad-accum, --eval-every, --window and "
                            "--valid-starts must be >= 1")
+    check_ranges(cfg, at_least={"lr": 0, "warmup_steps": 0, "weight_decay": 0, "clip_grad_norm": 0,
+                                "lora_rank": 1, "conv_channels": 1, "valid_max_traces": 0, "valid_windows": 0,
+                                "threads": 0, "max_minutes": 0, "stop_after_steps": 0},
+                 above={"return_scale": 0, "lora_alpha": 0},
+                 within={"min_lr_ratio": (0, 1), "lora_dropout": (0, 0.99), "valid_fraction": (0, 0.99)})
+    if cfg.select_by == "loss" and not 0 < cfg.valid_fraction < 1:
+        raise CommandError("--select-by loss needs --valid-fraction in (0, 1)")
     if cfg.select_by == "sim" and cfg.valid_trace_dir is None and cfg.valid_split not in ("valid", "train"):
         raise CommandError(f"--valid-split {cfg.valid_split!r}: select checkpoints on the valid split, "
                            "never on test traces")
@@ -156,13 +180,33 @@ def _check(cfg: Config) -> None:
         raise CommandError(f"--valid-quantize: {exc}") from exc
 
 
+def _check_split(cfg: Config, pool: Any) -> None:
+    """The held-out share must leave traces on both sides (checked on the pool, before building the model)."""
+    traces = len(np.unique(pool.episode_trace))
+    held = held_out_traces(cfg.valid_fraction, traces)
+    if cfg.select_by == "loss" and held == 0:
+        raise CommandError(f"--select-by loss: the pool {cfg.pool} has {traces} trace(s); holding episodes "
+                           "out by trace needs at least 2 (collect more traces, or use --select-by sim)")
+    if held >= traces > 0:
+        raise CommandError(f"--valid-fraction {cfg.valid_fraction:g} holds out all {traces} traces of the "
+                           f"pool {cfg.pool}, leaving none to train on: use a smaller fraction")
+
+
+def held_out_traces(fraction: float, traces: int) -> int:
+    """How many of a pool's `traces` `split_pool` holds out (0: no held-out set)."""
+    if fraction <= 0 or traces < 2:
+        return 0
+    return max(1, int(round(fraction * traces)))
+
+
 def split_pool(pool: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """(train, held-out) pools; held-out episodes are all those of a random `fraction` of the traces."""
     traces = np.unique(pool.episode_trace)
-    if fraction <= 0 or len(traces) < 2:
+    count = held_out_traces(fraction, len(traces))
+    if count == 0:
         return pool, None
     rng = np.random.default_rng(seed)
-    held = set(rng.choice(traces, size=max(1, int(round(fraction * len(traces)))), replace=False).tolist())
+    held = set(rng.choice(traces, size=count, replace=False).tolist())
     is_held = np.array([t in held for t in pool.episode_trace])
     return pool.subset(np.flatnonzero(~is_held)), pool.subset(np.flatnonzero(is_held))
 
@@ -312,6 +356,28 @@ def _save(model: Any, folder: Path, info: Any, dtype: str, serving: dict[str, An
                     training={"optimizer_steps": step})
 
 
+def _save_last(model: Any, folder: Path, info: Any, serving: dict[str, Any], optimizer: Any,
+               counters: dict[str, Any], rng: np.random.Generator) -> None:
+    """last/: float32 weights and the training state, swapped in as one folder (an interruption mid-save
+    leaves the previous last/ resumable)."""
+    from training.trainer import save_resumable, save_train_state
+
+    save_resumable(folder, lambda d: _save(model, d, info, "float32", serving, counters["step"]),
+                   lambda d: save_train_state(d, optimizer, counters, rng))
+
+
+def _resume_from(model: Any, last: Path, optimizer: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """Weights and training state of OUT/last; an unusable file is a user error naming it."""
+    from controller.netllm.checkpoint import CheckpointError, load_weights
+    from training.trainer import TrainStateError, load_train_state
+
+    try:
+        load_weights(model, last)
+        return load_train_state(last, optimizer, rng)
+    except (CheckpointError, TrainStateError, RuntimeError) as exc:
+        raise CommandError(f"--resume: {last} cannot be resumed: {exc}") from exc
+
+
 def _serving(pool: Any, target: float) -> dict[str, Any]:
     from controller.netllm.abr_features import COL
 
@@ -363,18 +429,8 @@ def train(cfg: Config) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from controller.netllm.checkpoint import load_weights
     from training.pool import WindowSampler
-    from training.trainer import (
-        CsvLog,
-        LrSchedule,
-        accumulated_step,
-        load_train_state,
-        make_adamw,
-        save_train_state,
-        seed_everything,
-        to_device,
-    )
+    from training.trainer import CsvLog, LrSchedule, accumulated_step, make_adamw, seed_everything, to_device
 
     _check(cfg)
     if cfg.threads > 0:
@@ -384,8 +440,11 @@ def train(cfg: Config) -> dict[str, Any]:
         raise CommandError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     if cfg.resume and not last.exists():
         raise CommandError(f"{last}: nothing to resume")
+    if cfg.resume:
+        check_resume_config(cfg, out, RESUMABLE)
     seed_everything(cfg.seed)
     pool = _load_pool(cfg)
+    _check_split(cfg, pool)
     train_pool, held_out = split_pool(pool, cfg.valid_fraction, cfg.seed)
     val = _validation(cfg, held_out, pool.meta)
     model, info = _build(cfg)
@@ -399,13 +458,12 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.init_from is not None:
         _init_from(model, info, Path(cfg.init_from))
     if cfg.resume:
-        load_weights(model, last)
-        resumed = load_train_state(last, optimizer, sampler.rng)
+        resumed = _resume_from(model, last, optimizer, sampler.rng)
         if "micro_batches" not in resumed:  # states written before these counters: assume this run's sizes
             resumed["micro_batches"] = resumed["step"] * cfg.grad_accum
             resumed["samples"] = resumed["micro_batches"] * cfg.micro_batch_size
         counters.update(resumed)
-    save_config(cfg, out)
+    save_run_config(cfg, out, cfg.resume)
     serving = _serving(train_pool, _target(train_pool, cfg.eval_target_quantile))
     log = CsvLog(out / "loss.csv", LOSS_COLUMNS, resume_after_step=counters["step"] if cfg.resume else None)
     trainable, total = model.trainable_parameters()
@@ -436,8 +494,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 counters["best_score"], counters["best_step"] = scores["score"], step
                 _save(model, best, info, cfg.save_dtype, serving, step)
                 row["best"] = 1
-            _save(model, last, info, "float32", serving, step)
-            save_train_state(last, optimizer, counters, sampler.rng)
+            _save_last(model, last, info, serving, optimizer, counters, sampler.rng)
         log.write(row)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}")
@@ -472,6 +529,7 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
     _check(cfg)
     out = Path(cfg.out)
     pool = _load_pool(cfg)
+    _check_split(cfg, pool)
     train_pool, held_out = split_pool(pool, cfg.valid_fraction, cfg.seed)
     val = _validation(cfg, held_out, pool.meta)
     scores: dict[str, float] = {}

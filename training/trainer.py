@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netllm.atomic import make_readable
+from netllm.atomic import make_readable, write_folder_atomically
+from netllm.config import read_json_object
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -149,34 +150,91 @@ def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, counters: d
     (folder / STATE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
+class TrainStateError(ValueError):
+    """An unusable training state (missing, truncated or foreign); the message names the file."""
+
+
 def load_train_state(folder: Path, optimizer: torch.optim.Optimizer,
                      numpy_rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """Restore what `save_train_state` wrote; returns the counters."""
+    """Restore what `save_train_state` wrote; returns the counters. Raises TrainStateError naming the file."""
     folder = Path(folder)
-    try:
-        doc = json.loads((folder / STATE_JSON).read_text())
-        tensors = load_file(str(folder / STATE_TENSORS))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder}: no usable training state to resume from ({exc})") from exc
+    doc = _read_state_json(folder / STATE_JSON)
+    tensors = _read_state_tensors(folder / STATE_TENSORS)
     per_param: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim/"):
-            _, idx, key = name.split("/", 2)
+    try:
+        for name, value in tensors.items():
+            if name.startswith("optim/"):
+                _, idx, key = name.split("/", 2)
+                per_param.setdefault(int(idx), {})[key] = value
+    except ValueError as exc:
+        raise TrainStateError(f"{folder / STATE_TENSORS}: unexpected tensor names ({exc})") from exc
+    try:
+        for name, value in doc["optim_scalars"].items():
+            idx, key = name.split("/", 1)
             per_param.setdefault(int(idx), {})[key] = value
-    for name, value in doc["optim_scalars"].items():
-        idx, key = name.split("/", 1)
-        per_param.setdefault(int(idx), {})[key] = value
-    current = optimizer.state_dict()
-    if [len(g["params"]) for g in current["param_groups"]] != [len(g["params"]) for g in doc["param_groups"]]:
-        raise ValueError(f"{folder}: the optimizer state is for another set of trainable parameters")
-    optimizer.load_state_dict({"state": per_param, "param_groups": doc["param_groups"]})
-    torch.set_rng_state(tensors["rng/torch_cpu"])
+    except (AttributeError, ValueError) as exc:
+        raise TrainStateError(f"{folder / STATE_JSON}: malformed optim_scalars ({exc})") from exc
+    current = [len(g["params"]) for g in optimizer.state_dict()["param_groups"]]
+    saved = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in doc["param_groups"]]
+    if current != saved:
+        raise TrainStateError(f"{folder / STATE_JSON}: the optimizer state is for another set of trainable "
+                              "parameters")
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": doc["param_groups"]})
+        torch.set_rng_state(tensors["rng/torch_cpu"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise TrainStateError(f"{folder / STATE_TENSORS}: does not fit this run's optimizer ({exc!r})"
+                              ) from exc
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda_")]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     if numpy_rng is not None and doc.get("numpy_rng"):
-        numpy_rng.bit_generator.state = doc["numpy_rng"]
+        try:
+            numpy_rng.bit_generator.state = doc["numpy_rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TrainStateError(f"{folder / STATE_JSON}: malformed numpy_rng ({exc!r})") from exc
     return dict(doc["counters"])
+
+
+def _read_state_json(path: Path) -> dict[str, Any]:
+    doc = read_json_object(path, TrainStateError, "a training state")
+    keys = ("counters", "param_groups", "optim_scalars")
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise TrainStateError(f"{path}: not a training state (missing {', '.join(missing)})")
+    if not isinstance(doc["counters"], dict) or not isinstance(doc["counters"].get("step"), int) or \
+            not isinstance(doc["param_groups"], list) or not isinstance(doc["optim_scalars"], dict):
+        raise TrainStateError(f"{path}: not a training state (malformed counters, param_groups or "
+                              "optim_scalars)")
+    return doc
+
+
+def _read_state_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise TrainStateError(f"{path}: missing")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type, without the path, for a cut file
+        raise TrainStateError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if "rng/torch_cpu" not in tensors:
+        raise TrainStateError(f"{path}: not a training state (no rng/torch_cpu)")
+    return tensors
+
+
+def save_resumable(folder: Path, save_weights: Callable[[Path], Any], write_state: Callable[[Path], None]
+                   ) -> Path:
+    """Write a checkpoint (`save_weights(dir)`, itself atomic) and its training state (`write_state(dir)`)
+    into ONE staging folder swapped in whole: an interruption leaves the previous folder complete, never
+    new weights beside a missing or older state."""
+    def write(staging: Path) -> None:
+        weights = staging / ".weights"
+        save_weights(weights)
+        for item in weights.iterdir():
+            item.rename(staging / item.name)
+        weights.rmdir()
+        write_state(staging)
+
+    return write_folder_atomically(Path(folder), write)
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:

@@ -104,7 +104,7 @@ def load_pensieve(folder: Path) -> tuple[Any, dict[str, Any]]:
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     if not weights_path.is_file() or not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no Pensieve checkpoint (model.safetensors + config.json); "
-                                "train one with `netllm train-rl --out DIR` or set "
+                                "train one with `netllm train-rl --out DIR` (it writes DIR/best) or set "
                                 "NETLLM_PENSIEVE_CHECKPOINT")
     config = json.loads(config_path.read_text())
     net = build_net(int(config["levels"]), int(config.get("history_len", S_LEN)),
