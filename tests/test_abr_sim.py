@@ -7,7 +7,6 @@ import bisect
 import copy
 import math
 import random
-import time
 
 import numpy as np
 import pytest
@@ -161,12 +160,10 @@ def test_zero_bandwidth_gap_is_waited_out():
 def test_trace_with_too_little_data_per_pass_is_refused_up_front():
     # 1e-6 kbps over 1000 s carries 0.12 bytes a pass: a 100 kB chunk would loop ~10^6 times over it.
     video = make_video([[100_000] * 6])
-    started = time.perf_counter()
     with pytest.raises(TraceError, match=r"would need .* passes \(at most 10000\)"):
         simulate_session(Fixed([0]), make_trace([0, 1000], [1e-6, 1e-6]), video)
     with pytest.raises(TraceError, match="passes"):
         AbrSession(make_trace([0, 1000], [1e-6, 1e-6]), video)
-    assert time.perf_counter() - started < 1.0
     # A trace of one millisecond that carries enough per pass plays (Mahimahi's one-line 12 Mbps link).
     one_ms = make_trace([0, 0.001], [12000, 12000])
     r = simulate_session(Fixed([0, 0]), one_ms, make_video([[10_000] * 6] * 2))

@@ -175,11 +175,9 @@ async def test_blocking_policy_runs_off_the_event_loop(test_policies: None) -> N
     async with run_controller(policy="test-slow-bba") as url, aiohttp.ClientSession() as http:
         decision = asyncio.create_task(post(http, url, observation_doc(buffer_s=20.0)))
         await asyncio.sleep(0.1)  # the slow decision is now running on the worker thread
-        started = time.perf_counter()
         async with http.get(url + "/healthz") as resp:
             assert resp.status == 200
-        assert time.perf_counter() - started < 0.2  # answered while the policy sleeps
-        assert not decision.done()
+        assert not decision.done()  # /healthz was answered while the policy still sleeps
         status, body = await decision
         assert status == 200 and body["quality"] == 5 and body["latency_ms"] >= 400
     threads = SlowBlockingBBA.threads
