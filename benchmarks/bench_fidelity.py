@@ -7,7 +7,8 @@ that chunk's download, under a stepped trace (default 1, 3, 0.5, 2 Mbps for 20 s
 `browser`: a real `netllm stream --trace` session (Chromium + dash.js + controller); `http`: the
 browser-free downloader `emulation.http_probe` over the same link and DASH server (quick, isolates the
 link from the player). Overhead handling and time alignment are described in `emulation.fidelity`.
-Prints the median and 90th-percentile absolute relative error and writes `fidelity_summary.json`.
+Prints the median and 90th-percentile absolute relative error and how late the replay loop applied the trace's
+rate changes at worst, and writes `fidelity_summary.json`.
 Needs root and Mininet.
 """
 
@@ -65,7 +66,8 @@ def run_http(args: argparse.Namespace, link_cfg: LinkConfig, trace: Any, out: Pa
     # The probe logs unix times, so the "page epoch" is 0.
     results = chunk_fidelity(rows, segments_until(trace, 0.0, horizon), 0.0, replay_start)
     write_fidelity_csv(results, out / "fidelity.csv")
-    return {**error_summary(results), "rtt_method": rtt_method}
+    return {**error_summary(results), "rtt_method": rtt_method, "rate_changes": replayer.changes,
+            "replay_max_lateness_s": replayer.max_lateness_s}
 
 
 def run_browser(args: argparse.Namespace, link_cfg: LinkConfig, trace_file: Path,
@@ -83,7 +85,8 @@ def run_browser(args: argparse.Namespace, link_cfg: LinkConfig, trace_file: Path
         errors = [abs(float(r["rel_error"])) for r in csv.DictReader(fh)]
     return {"chunks": len(errors), "median_abs_rel_error": s.get("link_fidelity_median_abs_rel_error"),
             "p90_abs_rel_error": s.get("link_fidelity_p90_abs_rel_error"), "rtt_method": s.get("rtt_method"),
-            "player_exit_code": result.player_exit_code, "mean_qoe": s.get("mean_qoe")}
+            "player_exit_code": result.player_exit_code, "mean_qoe": s.get("mean_qoe"),
+            "rate_changes": s.get("rate_changes"), "replay_max_lateness_s": s.get("replay_max_lateness_s")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     median, p90 = (100 * (stats[k] or 0.0) for k in ("median_abs_rel_error", "p90_abs_rel_error"))
     print(f"{args.mode}: {stats['chunks']} chunks, median |rel error| {median:.2f}%, p90 {p90:.2f}% "
           f"(rtt via {stats.get('rtt_method')}; {stats['wall_s']:.0f} s)")
+    # How late the trace's rate changes reached the link (the replay loop's worst wake-up delay).
+    lateness_s = stats.get("replay_max_lateness_s")
+    if lateness_s is not None:
+        print(f"{stats.get('rate_changes')} rate changes, the latest {1000 * lateness_s:.1f} ms after its time")
     return 0
 
 

@@ -22,7 +22,10 @@ How sessions run:
 Whichever way, the merged outputs are the same, rows in run order (trace, then policy).
 
 Outputs in `--out`:
-    sessions/<trace>__<policy>/   each session's folder (see emulation.live_session)
+    sessions/<trace>__<policy>/   each session's folder (see emulation.live_session); <trace> is the trace
+                                  file's path under --traces; where characters had to be replaced to make a
+                                  folder name (spaces, `/` of a subfolder), `-<8 hex digits>` of a hash of
+                                  the original follows, so two traces never share a folder
     sessions.jsonl                the ledger: one line per finished session (see client.replay_ledger)
     sessions.csv                  the sessions table: one row per finished session (SESSION_KEYS + folder)
     chunks.parquet                every chunk row of every finished session (netllm.chunklog.COLUMNS)
@@ -37,7 +40,11 @@ Outputs in `--out`:
     failed_starts/, failed_starts.jsonl   folders of attempts whose player failed before the first chunk,
                                   moved aside before the session was run again (--retries)
     config.json
-A failed session is recorded (error, player_exit_code) and the run goes on. A session whose player failed
+Policy names are checked against the controller's registry before anything runs (exit status 2). A failed
+session is recorded (error, player_exit_code) and the run goes on: that includes a session whose set-up
+failed (link, controller or server; player_exit_code null, error says why) and one whose every chunk played
+the page's fallback (the controller decided none); `failed` in the aggregates counts them, and the exit
+status is 1 when any session failed. A session whose player failed
 before logging a single chunk (the browser or the page did not start: a fault of the machine, not a result
 of the policy or the trace) is run again, up to --retries times, after every other session, its failed
 attempt kept in failed_starts/ and listed under `failed_starts` in summary.json. Ctrl-C or SIGTERM stops it after
@@ -49,6 +56,8 @@ writing the summary of the sessions done. `--resume` on the same --out runs only
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import re
@@ -109,8 +118,41 @@ def read_start_offsets(path: Path) -> dict[str, int]:
     return offsets
 
 
-def _folder_name(trace: str, policy: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{trace}__{policy}")
+FOLDER_HASH_CHARS = 8
+
+
+def _folder_name(trace_key: str, policy: str) -> str:
+    """`<trace>__<policy>` as one safe folder name. When making it safe changed it (odd characters, the `/`
+    of a trace in a subfolder), a short hash of the original is appended: `x y` and `x_y`, or `a/t` and
+    `b/t`, would otherwise share one folder and mix their rows."""
+    raw = f"{trace_key}__{policy}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
+    if safe == raw:
+        return raw
+    return f"{safe}-{hashlib.sha1(raw.encode()).hexdigest()[:FOLDER_HASH_CHARS]}"
+
+
+def _trace_key(trace: Any, traces_dir: Path) -> str:
+    """The trace file's path relative to --traces (its name when that cannot be worked out)."""
+    if not trace.source:
+        return trace.name
+    try:
+        return Path(trace.source).resolve().relative_to(Path(traces_dir).resolve()).as_posix()
+    except ValueError:
+        return trace.name
+
+
+def all_fallback(row: dict[str, Any]) -> bool:
+    """Every chunk played the page's fallback quality: the controller answered no decision (e.g. it refused
+    the policy), so the session says nothing about the policy."""
+    chunks, fallback = row.get("chunks"), row.get("fallback_chunks")
+    return isinstance(chunks, int) and chunks > 0 and fallback == chunks
+
+
+def session_failed(row: dict[str, Any]) -> bool:
+    """A session that is no result of its policy: the player failed or never ran (exit status not 0: None
+    when the set-up failed), or no chunk was decided by the controller."""
+    return row.get("player_exit_code") != 0 or all_fallback(row)
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -123,7 +165,7 @@ def aggregate(rows: list[dict[str, Any]], policies: list[str]) -> dict[str, dict
     out: dict[str, dict[str, Any]] = {}
     for policy in policies:
         mine = [r for r in rows if r["policy"] == policy]
-        failed = sum(1 for r in mine if r.get("player_exit_code"))
+        failed = sum(1 for r in mine if session_failed(r))
         agg: dict[str, Any] = {"sessions": len(mine), "failed": failed}
         agg.update({key: _mean([r.get(key) for r in mine]) for key in AGGREGATED_KEYS})
         out[policy] = agg
@@ -156,6 +198,9 @@ def _write_results(out: Path, rows: list[dict[str, Any]], cfg: Config, started: 
 def _session_row(summary: dict[str, Any], folder: str) -> dict[str, Any]:
     row = {key: summary.get(key) for key in SESSION_KEYS}
     row["folder"] = folder
+    if all_fallback(row) and not row.get("error"):
+        row["error"] = (f"all {row['chunks']} chunks played the page's fallback quality: the controller "
+                        "decided none (see the session's events.jsonl)")
     return row
 
 
@@ -176,7 +221,7 @@ def _jobs(cfg: Config, traces: list[Any], offsets: dict[str, int], video: Any, o
         else:
             start_s = trace_start_time(trace, cfg.trace_offset_s)
         for policy in cfg.policies:
-            folder = _folder_name(trace.name, policy)
+            folder = _folder_name(_trace_key(trace, cfg.traces), policy)
             session_out = out / "sessions" / folder
             stream_cfg = resolve_config(StreamConfig(
                 video=cfg.video, policy=policy, out=session_out, trace=Path(trace.source or trace.name),
@@ -184,14 +229,23 @@ def _jobs(cfg: Config, traces: list[Any], offsets: dict[str, int], video: Any, o
                 decision_timeout_ms=cfg.decision_timeout_ms, buffer_s=cfg.buffer_s,
                 session_id=f"{policy}-{folder}"), video)
             jobs.append(SessionJob(len(jobs), folder, session_out, trace, start_s, stream_cfg))
+    folders = [job.folder for job in jobs]
+    if len(set(folders)) != len(folders):  # never two sessions' rows in one folder
+        twice = sorted({f for f in folders if folders.count(f) > 1})
+        raise CommandError(f"two sessions would share the folder sessions/{twice[0]}; rename the traces")
     return jobs
 
 
 def _check_options(cfg: Config) -> None:
+    from client.stream import check_link_options, check_number, check_policy_names
+
     if not cfg.policies:
         raise CommandError("--policies names no policy")
     if len(set(cfg.policies)) != len(cfg.policies):
         raise CommandError("--policies names a policy twice")
+    check_policy_names(cfg.policies)
+    check_link_options(cfg.rtt_ms, cfg.decision_timeout_ms, cfg.buffer_s)
+    check_number("--trace-offset-s", cfg.trace_offset_s, 0.0)
     if cfg.parallel < 1:
         raise CommandError("--parallel must be >= 1")
     if cfg.retries < 0:
@@ -200,6 +254,20 @@ def _check_options(cfg: Config) -> None:
 
     if cfg.parallel > MAX_CLIENTS:
         raise CommandError(f"--parallel must be <= {MAX_CLIENTS}")
+
+
+def _check_emulation(cfg: Config) -> None:
+    """Sessions on this machine need root and Mininet: said once here, not as every session's failure."""
+    if cfg.ray:
+        return  # the sessions run on the Ray workers' machines
+    if os.geteuid() != 0:
+        raise CommandError("live sessions over an emulated link need root (network namespaces, tc)")
+    from emulation.mininet_compat import MininetMissing, import_mininet
+
+    try:
+        import_mininet()
+    except MininetMissing as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _prepare_out(cfg: Config, jobs: list[Any], out: Path) -> dict[str, dict[str, Any]]:
@@ -236,6 +304,7 @@ def run(cfg: Config) -> int:
     from traces.readers import read_trace_dir
 
     _check_options(cfg)
+    _check_emulation(cfg)
     try:
         traces = read_trace_dir(cfg.traces, cfg.pattern)
     except TraceError as exc:
@@ -259,7 +328,7 @@ def run(cfg: Config) -> int:
                                       desc="replay") as bar:
             def on_done(job: Any, summary: dict[str, Any]) -> None:
                 row = _session_row(summary, job.folder)
-                if row.get("player_exit_code"):  # said at once: a long run must not hide a failure
+                if session_failed(row):  # said at once: a long run must not hide a failure
                     tqdm.write(f"netllm replay: session {job.folder} failed (player exit code "
                                f"{row['player_exit_code']}): {row.get('error') or 'see its player.log'}",
                                file=sys.stderr)
@@ -276,7 +345,7 @@ def run(cfg: Config) -> int:
         rows = [finished[j.folder] for j in jobs if j.folder in finished]
         _write_results(out, rows, cfg, started, complete, len(jobs))
     _print_table(aggregate(rows, cfg.policies), out)
-    return 0 if all(not r.get("player_exit_code") for r in rows) else 1
+    return 1 if any(session_failed(r) for r in rows) else 0
 
 
 def failed_at_start(row: dict[str, Any]) -> bool:
@@ -312,6 +381,7 @@ def _run_jobs(cfg: Config, todo: list[Any], video: Any, out: Path,
     """Serial (a fresh network per session), shared (--parallel N) or Ray (--ray)."""
     if not todo:
         return
+    refuse_used_folders(todo)
     if cfg.ray:
         from client.replay_ray import run_ray_sessions
 
@@ -323,13 +393,51 @@ def _run_jobs(cfg: Config, todo: list[Any], video: Any, out: Path,
             save_config(job.stream_cfg, job.out)
         run_shared(todo, video, cfg.parallel, out / "shared", on_done, cfg.rtt_ms)
     else:
-        from emulation.live_session import emulated_session
-
         for job in todo:
             bar.set_postfix_str(job.folder[-40:])
-            save_config(job.stream_cfg, job.out)
-            result = emulated_session(job.stream_cfg, video, job.trace, job.start_s)
-            on_done(job, result.summary)
+            on_done(job, run_serial_session(job, video))
+
+
+def refuse_used_folders(jobs: list[Any]) -> None:
+    """A session never appends to another one's chunks.csv: --resume and --retries move unfinished or failed
+    folders aside before running a session again, so a chunks.csv found here is some other run's."""
+    for job in jobs:
+        if (Path(job.out) / "chunks.csv").exists():
+            raise CommandError(f"{job.out} already holds a session's chunks.csv; not mixing two sessions' "
+                               "rows (use a fresh --out, or --resume)")
+
+
+def run_serial_session(job: Any, video: Any) -> dict[str, Any]:
+    """One session on its own network; a failed set-up (link, controller, server) is this session's failed
+    result, with the error, so that the sessions after it still run."""
+    from emulation.live_session import emulated_session
+
+    try:
+        save_config(job.stream_cfg, job.out)
+        return emulated_session(job.stream_cfg, video, job.trace, job.start_s).summary
+    except Exception as exc:  # not KeyboardInterrupt / Terminated: those stop the whole run
+        return setup_failure_summary(job, exc)
+
+
+def setup_failure_summary(job: Any, exc: Exception) -> dict[str, Any]:
+    """The session's summary after `exc` ended it: what it finalised (if its player had started) with the
+    error; written to its folder's summary.json too."""
+    from netllm.chunklog import write_summary
+
+    detail = str(exc) if isinstance(exc, CommandError) else f"{type(exc).__name__}: {exc}"
+    path = Path(job.out) / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        summary = {}
+    code = summary.get("player_exit_code")
+    summary.update({
+        "trace": job.trace.name, "policy": job.stream_cfg.policy, "session_id": job.stream_cfg.session_id,
+        "chunks": summary.get("chunks") or 0, "player_exit_code": code if code else None,
+        "error": f"session set-up failed: {detail}", "trace_start_time_s": job.start_s})
+    Path(job.out).mkdir(parents=True, exist_ok=True)
+    write_summary(summary, Path(job.out))
+    return summary
 
 
 def _print_table(agg: dict[str, dict[str, Any]], out: Path) -> None:

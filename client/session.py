@@ -27,15 +27,17 @@ Values that do not exist (no chunk, no playback) are null.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlencode
 
 import numpy as np
@@ -48,6 +50,7 @@ __all__ = ["PlayerSpec", "player_page_url", "player_command", "start_player", "r
            "finalize_session", "format_summary", "new_session_id", "read_events", "wait_for_rows"]
 
 SPEC_NAME = "player_spec.json"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def new_session_id(policy: str) -> str:
@@ -78,35 +81,64 @@ def player_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def end_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel send the child SIGTERM when this process dies (PR_SET_PDEATHSIG),
+    so a killed `netllm stream` leaves no player and no Chromium behind (on SIGTERM the player closes its
+    browser and writes player.json). None where prctl is missing (not Linux).
+
+    prctl is looked up here, in the parent: between fork and exec (where the hook runs, with other threads
+    possibly holding locks) the child only makes the call."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent_pid = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect: no signal would come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
 def start_player(spec: PlayerSpec, log_path: Path | None = None) -> subprocess.Popen:
-    """Write the spec into its out_dir and start the player process (stdout/stderr to `player.log`)."""
+    """Write the spec into its out_dir and start the player process (stdout/stderr to `player.log`); it ends
+    when this process ends, however that happens (see `end_with_parent_hook`)."""
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = spec.write(out_dir / SPEC_NAME)
     log = open(log_path or out_dir / "player.log", "ab")
     try:
         return subprocess.Popen(player_command(spec_path), cwd=REPO_ROOT, env=player_env(),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=end_with_parent_hook())
     finally:
         log.close()  # the child holds its own descriptor
 
 
+def stop_player(proc: subprocess.Popen, grace_s: float = 15.0) -> int:
+    """SIGTERM (the player closes Chromium and writes player.json), SIGKILL after `grace_s`; exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 def run_player_process(spec: PlayerSpec, grace_s: float = 30.0) -> int:
-    """Run the player to its end; its own timeouts bound it, `grace_s` more and it is terminated."""
+    """Run the player to its end; its own timeouts bound it, `grace_s` more and it is terminated. Whatever
+    interrupts the wait (Ctrl-C, a signal turned into an exception) stops the player before propagating."""
     proc = start_player(spec)
     try:
         return proc.wait(timeout=spec.session_timeout_s + grace_s)
     except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return stop_player(proc)
     finally:
-        if proc.poll() is None:  # interrupted (KeyboardInterrupt): do not leave a browser behind
-            proc.terminate()
-            proc.wait(timeout=15)
+        stop_player(proc)  # no-op when it has ended; never leave a browser behind
 
 
 def wait_for_rows(chunks_csv: Path, rows: int, timeout_s: float, proc: subprocess.Popen | None = None) -> int:

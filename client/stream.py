@@ -15,15 +15,20 @@ Outputs in `--out` (default runs/stream-<timestamp>):
                        controller.log its stderr
     summary.json       flat session summary; keys documented in client.session
 Exit status: 0 when the whole video played with every chunk logged, 1 when the session failed (the logs and
-the summary of what was played are still written), 2 for bad options.
+the summary of what was played are still written), 2 for bad options (an unknown --policy included: checked
+against the policy registry, or with --controller-url against that controller's GET /v1/policies).
+SIGTERM/SIGHUP (143/129) or Ctrl-C (130) stop the player, which closes Chromium, and still write
+summary.json and chunks.parquet of what was played; the player also ends if this process is killed outright.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +59,66 @@ class Config:
     trace: Path | None = arg(None, help="bandwidth trace replayed on an emulated link (root + Mininet)")
     trace_offset_s: float = arg(0.0, help="start the trace at this offset (seconds)")
     rtt_ms: float = arg(80.0, help="round-trip time of the emulated link (ms)")
+
+
+POLICY_QUERY_TIMEOUT_S = 10.0
+
+
+def check_number(option: str, value: float, low: float, high: float = math.inf,
+                 low_inclusive: bool = True) -> None:
+    """Refuse a NaN, an infinity or a value outside [low, high] (or (low, high]) as a user error."""
+    inside = (low <= value if low_inclusive else low < value) and value <= high
+    if not (math.isfinite(value) and inside):
+        lower = f">= {low:g}" if low_inclusive else f"> {low:g}"
+        upper = f" and <= {high:g}" if math.isfinite(high) else ""
+        raise CommandError(f"{option} must be a finite number {lower}{upper}, got {value}")
+
+
+def check_link_options(rtt_ms: float, decision_timeout_ms: float, buffer_s: float) -> None:
+    """The options `netllm stream` and `netllm replay` share, checked before anything starts."""
+    from emulation.link import MAX_RTT_MS
+
+    check_number("--rtt-ms", rtt_ms, 0.0, MAX_RTT_MS)
+    check_number("--decision-timeout-ms", decision_timeout_ms, 0.0, low_inclusive=False)
+    check_number("--buffer-s", buffer_s, 0.0, low_inclusive=False)
+
+
+def check_policy_names(names: list[str]) -> None:
+    """Every name must be a policy of the controller's registry (the controller this command starts uses it):
+    otherwise the page would get HTTP 400 for every chunk and silently play its fallback."""
+    from controller.policies import OFFLINE_POLICIES, available_policies
+
+    known = available_policies()
+    for name in names:
+        if name in OFFLINE_POLICIES:
+            raise CommandError(f"policy {name!r} needs the whole trace ahead of time: `netllm sim` only")
+        if name not in known:
+            raise CommandError(f"unknown policy {name!r}; known: {', '.join(known)}")
+
+
+def controller_policies(url: str, timeout_s: float = POLICY_QUERY_TIMEOUT_S) -> list[str]:
+    """The policies a running controller serves (its GET /v1/policies)."""
+    query = f"{url.rstrip('/')}/v1/policies"
+    try:
+        with urllib.request.urlopen(query, timeout=timeout_s) as resp:
+            doc = json.loads(resp.read())
+    except (OSError, ValueError) as exc:  # URLError, HTTPError and timeouts are OSErrors
+        raise CommandError(f"--controller-url: cannot list its policies ({query}): {exc}") from None
+    available = doc.get("available") if isinstance(doc, dict) else None
+    if not isinstance(available, list):
+        raise CommandError(f"--controller-url: {query} did not answer a policy list")
+    return [str(name) for name in available]
+
+
+def check_policy(cfg: Config) -> None:
+    """--policy must be one the controller will serve: the registry's, or the running controller's."""
+    if not cfg.controller_url:
+        check_policy_names([cfg.policy])
+        return
+    available = controller_policies(cfg.controller_url)
+    if cfg.policy not in available:
+        raise CommandError(f"the controller at {cfg.controller_url} has no policy {cfg.policy!r}; "
+                           f"it serves: {', '.join(available)}")
 
 
 def load_session_video(path: Path) -> Video:
@@ -91,14 +156,13 @@ def controller_extra_args(cfg: Config) -> list[str]:
 
 def resolve_config(cfg: Config, video: Video) -> Config:
     """Check the options and fill the defaults that depend on the moment or the video."""
-    if cfg.decision_timeout_ms <= 0:
-        raise CommandError("--decision-timeout-ms must be > 0")
+    check_link_options(cfg.rtt_ms, cfg.decision_timeout_ms, cfg.buffer_s)
+    check_number("--trace-offset-s", cfg.trace_offset_s, 0.0)
+    check_number("--session-timeout-s", cfg.session_timeout_s, 0.0)
     if cfg.buffer_s < 2 * video.chunk_duration_s:
         raise CommandError(f"--buffer-s must be at least two chunks ({2 * video.chunk_duration_s:g} s)")
     if not 0 <= cfg.default_quality < video.levels:
         raise CommandError(f"--default-quality must be in 0..{video.levels - 1}")
-    if cfg.session_timeout_s < 0:
-        raise CommandError("--session-timeout-s must be >= 0")
     if cfg.controller_url:
         _check_url(cfg.controller_url)
     _check_policy_options(cfg)
@@ -121,32 +185,45 @@ def player_spec(cfg: Config, video: Video, server_url: str, controller_url: str,
 
 
 def run_loopback_session(cfg: Config, video: Video) -> tuple[dict[str, Any], int]:
-    """Server, controller and player on loopback; returns (summary, player exit status)."""
+    """Server, controller and player on loopback; returns (summary, player exit status).
+
+    SIGTERM/SIGHUP (and Ctrl-C) raise here as in the emulated session (`emulation.signals`): the player is
+    stopped (it writes player.json), the services are stopped, and the session is still finalised
+    (summary.json, chunks.parquet) before the exception ends the command."""
     from controller.runner import ControllerLaunchError, launch_controller
+    from emulation.signals import terminate_raises
     from server.app import ServerConfig
     from server.runner import BackgroundServer
 
     out = Path(cfg.out)
     controller = None
-    try:
-        with BackgroundServer(ServerConfig(media_root=Path(cfg.video).resolve(),
-                                           request_log=out / "requests.csv")) as server:
-            controller_url = cfg.controller_url
-            if not controller_url:
-                try:
-                    controller = launch_controller(cfg.policy, decision_log=out / "decisions.jsonl",
-                                                   stderr_path=out / "controller.log",
-                                                   extra_args=controller_extra_args(cfg))
-                except ControllerLaunchError as exc:
-                    raise CommandError(f"the controller did not start: {exc}") from None
-                controller_url = controller.url
-            code = run_player_process(player_spec(cfg, video, server.url, controller_url))
-    finally:
-        if controller is not None:
-            controller.stop()
-    summary = finalize_session(out, policy=cfg.policy, video=str(cfg.video), network="loopback",
-                               extra={"controller_url": cfg.controller_url or "started"})
+    player_started = False
+    with terminate_raises():
+        try:
+            with BackgroundServer(ServerConfig(media_root=Path(cfg.video).resolve(),
+                                               request_log=out / "requests.csv")) as server:
+                controller_url = cfg.controller_url
+                if not controller_url:
+                    try:
+                        controller = launch_controller(cfg.policy, decision_log=out / "decisions.jsonl",
+                                                       stderr_path=out / "controller.log",
+                                                       extra_args=controller_extra_args(cfg))
+                    except ControllerLaunchError as exc:
+                        raise CommandError(f"the controller did not start: {exc}") from None
+                    controller_url = controller.url
+                player_started = True
+                code = run_player_process(player_spec(cfg, video, server.url, controller_url))
+        finally:
+            if controller is not None:
+                controller.stop()
+            if player_started:  # also when stopped by a signal: what was played is summarised
+                summary = _finalize(cfg)
     return summary, code
+
+
+def _finalize(cfg: Config) -> dict[str, Any]:
+    return finalize_session(Path(cfg.out), policy=cfg.policy, video=str(cfg.video), network="loopback",
+                            extra={"controller_url": cfg.controller_url or "started"})
 
 
 def run_emulated(cfg: Config) -> int:
@@ -160,6 +237,7 @@ def run_emulated(cfg: Config) -> int:
 def run(cfg: Config) -> int:
     video = load_session_video(cfg.video)
     cfg = resolve_config(cfg, video)
+    check_policy(cfg)
     # Never mix two sessions' rows in one log: chunks.csv is appended to as the session runs.
     if (Path(cfg.out) / "chunks.csv").exists():
         raise CommandError(f"{cfg.out} already holds a session (chunks.csv); choose another --out")

@@ -86,6 +86,21 @@ class LinkConfig:
     client_ip: str = "10.0.0.2"
 
 
+MAX_RTT_MS = 10_000.0
+"""Far above any real path's RTT; netem (or the server's first-byte delay) with more only hangs requests."""
+
+
+def check_link_config(cfg: LinkConfig) -> None:
+    """Refuse settings tc would take but that make no sense: a NaN, infinite, negative or huge RTT (a
+    negative one was silently no RTT at all), or a non-finite rate."""
+    if not (math.isfinite(cfg.rtt_ms) and 0 <= cfg.rtt_ms <= MAX_RTT_MS):
+        raise LinkError(f"rtt_ms must be in 0..{MAX_RTT_MS:g}, got {cfg.rtt_ms}")
+    for name in ("initial_rate_kbps", "min_rate_kbit", "burst_ms", "queue_delay_ms"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise LinkError(f"{name} must be a finite number >= 0, got {value}")
+
+
 def run_cmd(args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
     if check and out.returncode != 0:
@@ -181,6 +196,7 @@ class EmulatedLink:
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def up(self) -> "EmulatedLink":
+        check_link_config(self.cfg)
         if os.geteuid() != 0:
             raise LinkError("the link emulator needs root (network namespaces, tc)")
         for report in cleanup_stale():

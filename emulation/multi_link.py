@@ -37,8 +37,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from emulation.link import LinkConfig, LinkError, cleanup_pids_only, htb_class_args, netem_available, \
-    queue_args, run_cmd
+from emulation.link import LinkConfig, LinkError, check_link_config, cleanup_pids_only, htb_class_args, \
+    netem_available, queue_args, run_cmd
 from emulation.mininet_compat import import_mininet
 from emulation.netns_cleanup import CleanupReport, cleanup_stale, cleanup_state, kill_pids, pids_in_netns
 from emulation.runstate import RunState, new_run_state
@@ -90,6 +90,7 @@ class MultiClientLink:
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def up(self) -> "MultiClientLink":
+        check_link_config(self.cfg)
         if os.geteuid() != 0:
             raise LinkError("the link emulator needs root (network namespaces, tc)")
         for report in cleanup_stale():

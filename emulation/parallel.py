@@ -76,6 +76,11 @@ def run_shared(jobs: list[SessionJob], video: Any, parallel: int, shared_dir: Pa
     (called under a lock, in job-completion order)."""
     if not jobs:
         return
+    from client.stream import check_policy_names
+
+    # The shared controller serves every job's policy by name; one it does not know would answer HTTP 400
+    # to every decision and the session would silently play the page's fallback.
+    check_policy_names(sorted({job.stream_cfg.policy for job in jobs}))
     shared_dir.mkdir(parents=True, exist_ok=True)
     link_cfg = dataclasses.replace(link_cfg or LinkConfig(), initial_rate_kbps=PAGE_LOAD_RATE_KBPS,
                                    rtt_ms=rtt_ms)

@@ -37,7 +37,8 @@ def terminate_raises() -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if raised:
-            print(f"netllm: signal {signum} ignored while cleaning up the emulated link", file=sys.stderr)
+            print(f"netllm: signal {signum} ignored while cleaning up (processes, logs, links)",
+                  file=sys.stderr)
             return
         raised.append(signum)
         if signum == signal.SIGINT:

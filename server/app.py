@@ -2,8 +2,10 @@
 
 Routes:
 - `/media/{path}`: files of the prepared video (MPD, init and media segments, video.json), streamed in
-  64 KiB writes after an optional per-request first-byte delay (RTT emulation without netem), one
-  request-log row each;
+  64 KiB writes after an optional per-request first-byte delay (RTT emulation without netem); one
+  request-log row for every request to /media, also those refused before a handler (404, 405, preflights);
+  one `bytes` Range is honoured (206, or 416 when it selects nothing of the file), any other Range header
+  (another unit, several ranges, bad syntax) is ignored as RFC 9110 allows (200, the whole file);
 - `/player/{path}`: the player page (`client/static/` unless `player_root` says otherwise); `/` redirects to
   `/player/index.html` with the query string kept;
 - `/dashjs/{name}`: the installed dash.js bundle (`netllm.paths.dashjs_file()` and its siblings);
@@ -15,7 +17,9 @@ Every response carries `Access-Control-Allow-Origin: *`; file routes refuse path
 from __future__ import annotations
 
 import asyncio
+import math
 import mimetypes
+import re
 import socket
 import time
 from collections import deque
@@ -42,8 +46,20 @@ CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Timing-Allow-Origin": "*",
                 "Access-Control-Expose-Headers": "Content-Length, Content-Range"}
 
 
+MAX_PORT = 65535
+MAX_FIRST_BYTE_DELAY_MS = 10_000.0
+"""Longer than any RTT worth emulating; beyond it every media request would only look hung."""
+
+
 class ServerConfigError(ValueError):
     """A server configuration that cannot work (e.g. a media root that is not a folder)."""
+
+
+def check_first_byte_delay_ms(delay_ms: float, error: type[Exception] = ValueError) -> None:
+    """Refuse a delay that is negative, NaN, infinite or absurdly long (asyncio.sleep would take NaN as 0
+    and inf as forever)."""
+    if not (math.isfinite(delay_ms) and 0 <= delay_ms <= MAX_FIRST_BYTE_DELAY_MS):
+        raise error(f"first_byte_delay_ms must be in 0..{MAX_FIRST_BYTE_DELAY_MS:g}, got {delay_ms}")
 
 
 @dataclass
@@ -88,19 +104,41 @@ def content_type(path: Path) -> str:
 
 # --- helpers -------------------------------------------------------------------------------------------
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """`bytes=a-b` / `bytes=a-` / `bytes=-n` -> (start, end inclusive); None when not satisfiable."""
-    if not header.startswith("bytes=") or "," in header:
-        return None
-    first, _, last = header[6:].strip().partition("-")
-    try:
-        if first == "":
-            length = int(last)
-            return (max(0, size - length), size - 1) if length > 0 and size else None
-        start, end = int(first), int(last) if last else size - 1
-    except ValueError:
-        return None
-    return (start, min(end, size - 1)) if 0 <= start <= end and start < size else None
+@dataclass(frozen=True)
+class ByteRange:
+    """What a Range header asks of a file of known size (RFC 9110, section 14)."""
+    span: tuple[int, int] | None
+    """(first, last) byte, inclusive, to send with 206; None = send the whole file with 200."""
+    satisfiable: bool = True
+    """False: a valid single byte range that selects nothing of the file (answer 416)."""
+
+
+WHOLE_FILE = ByteRange(None)
+_BYTES_RANGE = re.compile(r"bytes[ \t]*=[ \t]*(\d*)-(\d*)[ \t]*", re.IGNORECASE)
+
+
+def parse_range(header: str, size: int) -> ByteRange:
+    """One `bytes=a-b` / `bytes=a-` / `bytes=-n` range of a `size`-byte file.
+
+    RFC 9110 lets a server ignore a Range header it does not support, so anything but one well-formed bytes
+    range (another unit, several ranges, bad syntax, last < first) is ignored: the whole file, status 200.
+    Only a valid range that selects none of the file is unsatisfiable (416)."""
+    match = _BYTES_RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return WHOLE_FILE
+    first_text, last_text = match.groups()
+    if first_text == "":  # a suffix: the last n bytes (all of them when the file is shorter)
+        suffix_bytes = int(last_text)
+        if suffix_bytes == 0:
+            return ByteRange(None, satisfiable=False)
+        return ByteRange((max(0, size - suffix_bytes), size - 1)) if size else WHOLE_FILE
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last_text and last < first:
+        return WHOLE_FILE  # an invalid range-spec: ignored like any other bad syntax
+    if first >= size:
+        return ByteRange(None, satisfiable=False)
+    return ByteRange((first, min(last, size - 1)))
 
 
 def _limit_unsent(request: web.Request, lowat_bytes: int) -> None:
@@ -123,6 +161,13 @@ class Transfer:
     complete: bool = False
     headers_at: float | None = None
     """time.monotonic() when the status line and headers were written."""
+    status: int | None = None
+    """The status sent with those headers (kept when the transfer is then cut short)."""
+    first_byte_delay_ms: float = 0.0
+    """The emulated delay applied before the response."""
+
+
+TRANSFER_KEY = web.RequestKey("transfer", Transfer)
 
 
 async def _stream_file(request: web.Request, path: Path, transfer: Transfer) -> web.StreamResponse:
@@ -130,18 +175,18 @@ async def _stream_file(request: web.Request, path: Path, transfer: Transfer) -> 
     size = path.stat().st_size
     start, end, status = 0, size - 1, 200
     headers = {"Content-Type": content_type(path), "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
-    if "Range" in request.headers:
-        span = _parse_range(request.headers["Range"], size)
-        if span is None:
-            transfer.complete = True
-            return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
-        (start, end), status = span, 206
+    wanted = parse_range(request.headers["Range"], size) if "Range" in request.headers else WHOLE_FILE
+    if not wanted.satisfiable:
+        transfer.complete = True
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+    if wanted.span is not None:
+        (start, end), status = wanted.span, 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start + 1
     try:
         await response.prepare(request)
-        transfer.headers_at = time.monotonic()
+        transfer.headers_at, transfer.status = time.monotonic(), status
         if request.method != "HEAD":
             await _write_body(response, path, start, end - start + 1, transfer)
         await response.write_eof()
@@ -169,34 +214,21 @@ async def _write_body(response: web.StreamResponse, path: Path, start: int, leng
 
 async def media_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    arrival_wall, arrival = time.time(), time.monotonic()
-    delay_ms = state.first_byte_delay_ms
+    transfer = request[TRANSFER_KEY] = Transfer()
+    transfer.first_byte_delay_ms = state.first_byte_delay_ms
     if state.held_responses_ms:
         try:
-            delay_ms += state.held_responses_ms.popleft()
+            transfer.first_byte_delay_ms += state.held_responses_ms.popleft()
         except IndexError:  # taken by a concurrent request since the check
             pass
-    transfer, status = Transfer(), 500
-    try:
-        if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000)
-        _limit_unsent(request, state.notsent_lowat_bytes)
-        found = resolve_under(state.media_root, request.match_info["path"])
-        if found.path is None:
-            status, transfer.complete = found.status, True
-            return _not_found(found.reason, found.status)
-        response = await _stream_file(request, found.path, transfer)
-        status = response.status
-        return response
-    finally:  # also when cancelled (server shutdown): the row records how far the transfer got
-        log = request.app.get(LOG_KEY)
-        if log is not None:
-            first_byte_s = (transfer.headers_at or time.monotonic()) - arrival
-            log.write(RequestRecord(
-                wall_time_s=arrival_wall, method=request.method, path=request.path, status=status,
-                bytes_sent=transfer.bytes_sent, first_byte_s=first_byte_s,
-                duration_s=time.monotonic() - arrival, first_byte_delay_ms=delay_ms,
-                remote=str(request.remote or ""), aborted=int(not transfer.complete)))
+    if transfer.first_byte_delay_ms > 0:
+        await asyncio.sleep(transfer.first_byte_delay_ms / 1000)
+    _limit_unsent(request, state.notsent_lowat_bytes)
+    found = resolve_under(state.media_root, request.match_info["path"])
+    if found.path is None:
+        transfer.complete = True
+        return _not_found(found.reason, found.status)
+    return await _stream_file(request, found.path, transfer)
 
 
 async def player_handler(request: web.Request) -> web.StreamResponse:
@@ -234,6 +266,40 @@ async def health_handler(request: web.Request) -> web.Response:
         "first_byte_delay_ms": state.first_byte_delay_ms})
 
 
+def _is_media_path(path: str) -> bool:
+    return path == "/media" or path.startswith("/media/")
+
+
+@web.middleware
+async def media_log_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """One request-log row per request to /media, whoever answers it: the media handler, the router (404 for
+    `/media` itself, 405 for another method) or the preflight middleware. The outermost middleware, so the row
+    is written even when the handler is cancelled at shutdown (status then as far as the response got)."""
+    log = request.app.get(LOG_KEY)
+    if log is None or not _is_media_path(request.path):
+        return await handler(request)
+    arrival_wall, arrival = time.time(), time.monotonic()
+    status = 500  # no response at all (cancelled before one, or the handler failed)
+    with log.request_in_flight():  # the log stays open until this row is written, even during shutdown
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            transfer = request.get(TRANSFER_KEY) or Transfer(complete=status != 500)
+            if transfer.status is not None and not transfer.complete:
+                status = transfer.status  # headers went out, the body was cut short (aborted=1 says so)
+            log.write(RequestRecord(
+                wall_time_s=arrival_wall, method=request.method, path=request.path, status=status,
+                bytes_sent=transfer.bytes_sent,
+                first_byte_s=(transfer.headers_at or time.monotonic()) - arrival,
+                duration_s=time.monotonic() - arrival, first_byte_delay_ms=transfer.first_byte_delay_ms,
+                remote=str(request.remote or ""), aborted=int(not transfer.complete)))
+
+
 @web.middleware
 async def preflight_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Answer CORS preflights for any path; as a middleware so unknown paths still get a plain 404."""
@@ -268,9 +334,10 @@ def create_app(cfg: ServerConfig) -> web.Application:
     if not media_root.is_dir():
         raise ServerConfigError(f"media root {media_root} is not a folder; prepare a video first "
                                 "(netllm prepare-video --out DIR) and pass --media-root DIR")
-    if cfg.first_byte_delay_ms < 0:
-        raise ServerConfigError(f"first_byte_delay_ms must be >= 0, got {cfg.first_byte_delay_ms}")
-    app = web.Application(middlewares=[preflight_middleware])
+    check_first_byte_delay_ms(cfg.first_byte_delay_ms, ServerConfigError)
+    if not isinstance(cfg.port, int) or not 0 <= cfg.port <= MAX_PORT:
+        raise ServerConfigError(f"port must be in 0..{MAX_PORT} (0 = pick a free one), got {cfg.port}")
+    app = web.Application(middlewares=[media_log_middleware, preflight_middleware])
     app[CONFIG_KEY] = cfg
     app[STATE_KEY] = ServerState(
         media_root=media_root.resolve(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import threading
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from server.app import STATE_KEY, ServerConfig, create_app
+from server.app import STATE_KEY, ServerConfig, check_first_byte_delay_ms, create_app
 
 SHUTDOWN_TIMEOUT_S = 2.0
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -55,16 +56,15 @@ class ServerHandle:
 
     def set_first_byte_delay_ms(self, delay_ms: float) -> None:
         """Change the emulated per-request delay for requests that arrive from now on."""
-        if delay_ms < 0:
-            raise ValueError(f"delay must be >= 0, got {delay_ms}")
+        check_first_byte_delay_ms(delay_ms)
         self.app[STATE_KEY].first_byte_delay_ms = float(delay_ms)
 
     def hold_next_media_response_ms(self, delay_ms: float) -> None:
         """Delay only the next /media/ request to arrive by `delay_ms` more (a one-off outage). Unlike a delay
         switched on and off, it cannot also catch the request that follows while the caller is still
         reacting to the first."""
-        if delay_ms < 0:
-            raise ValueError(f"delay must be >= 0, got {delay_ms}")
+        if not (math.isfinite(delay_ms) and delay_ms >= 0):  # an outage may be long, never NaN or endless
+            raise ValueError(f"delay must be finite and >= 0, got {delay_ms}")
         self.app[STATE_KEY].held_responses_ms.append(float(delay_ms))
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from emulation.fidelity import chunk_fidelity, error_summary, mss_bytes, payload_factor
-from emulation.link import LinkConfig, htb_class_args, queue_args
+from emulation.link import EmulatedLink, LinkConfig, LinkError, check_link_config, htb_class_args, queue_args
+from emulation.multi_link import MultiClientLink
 from emulation.netns_cleanup import cleanup_stale
 from emulation.runstate import RunState, list_states, new_run_state, process_alive, process_start_ticks
 from emulation.signals import Terminated, terminate_raises
@@ -158,3 +159,22 @@ def test_cleanup_cli_without_state(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "netllm", "cleanup", "--run-id", "zzzzz"], cwd=REPO_ROOT,
                          env={**os.environ, "NETLLM_RUN_DIR": str(tmp_path)}, capture_output=True, text=True)
     assert out.returncode == 2 and "no run-state file" in out.stderr
+
+
+@pytest.mark.parametrize("rtt_ms", [-10.0, float("nan"), float("inf"), 1e9])
+def test_link_refuses_an_rtt_that_makes_no_sense(rtt_ms: float) -> None:
+    """A negative RTT used to run silently with none, NaN went to tc, inf or 1e9 hung every request: refused
+    before anything is built (no root needed to see it)."""
+    with pytest.raises(LinkError, match="rtt_ms must be in 0..10000"):
+        check_link_config(LinkConfig(rtt_ms=rtt_ms))
+    with pytest.raises(LinkError, match="rtt_ms"):
+        EmulatedLink(LinkConfig(rtt_ms=rtt_ms)).up()
+    with pytest.raises(LinkError, match="rtt_ms"):
+        MultiClientLink(2, LinkConfig(rtt_ms=rtt_ms)).up()
+
+
+def test_link_accepts_ordinary_settings() -> None:
+    for rtt_ms in (0.0, 80.0, 10_000.0):
+        check_link_config(LinkConfig(rtt_ms=rtt_ms))
+    with pytest.raises(LinkError, match="initial_rate_kbps"):
+        check_link_config(LinkConfig(initial_rate_kbps=float("nan")))

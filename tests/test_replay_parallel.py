@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from emulation.parallel import split_decisions, split_requests
+from emulation.parallel import SessionJob, run_shared, split_decisions, split_requests
+from netllm.cli import CommandError
 from netllm.paths import REPO_ROOT
 from tests.test_fidelity_live import emulation_prerequisites, prepare_small_video
 from traces.generators import constant
@@ -48,6 +50,17 @@ def test_parallel_option_checked(tmp_path: Path) -> None:
                            "0", "--out", str(tmp_path / "o")], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "--parallel must be >= 1" in done.stderr
+
+
+def test_shared_controller_refuses_an_unknown_policy_before_the_network(tmp_path: Path) -> None:
+    """One shared controller serves every session's policy by name: an unknown one is refused up front,
+    not answered with HTTP 400 for each decision while the page plays its fallback."""
+    trace = constant(3.0, duration_s=20)
+    jobs = [SessionJob(k, f"t__{name}", tmp_path / name, trace, 0.0, SimpleNamespace(policy=name))
+            for k, name in enumerate(("bba", "nosuchpolicy"))]
+    with pytest.raises(CommandError, match="unknown policy 'nosuchpolicy'"):
+        run_shared(jobs, None, 2, tmp_path / "shared", lambda job, summary: None, 80.0)
+    assert not (tmp_path / "shared").exists()
 
 
 def _prefix_leftovers(prefix: str) -> list[str]:

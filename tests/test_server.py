@@ -22,8 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from netllm.paths import REPO_ROOT, dashjs_file
-from server.app import ServerConfig, ServerConfigError, create_app
-from server.request_log import REQUEST_LOG_COLUMNS, read_request_log
+from server.app import LOG_KEY, WHOLE_FILE, ByteRange, ServerConfig, ServerConfigError, create_app, \
+    parse_range
+from server.request_log import REQUEST_LOG_COLUMNS, RequestLog, RequestRecord, read_request_log
 from server.runner import BackgroundServer, run_server
 from tests.test_prepare_video import prepare_small_video
 
@@ -72,6 +73,35 @@ async def test_media_files_are_served_with_their_bytes_and_types(video_dir: Path
         assert resp.status == 206 and await resp.read() == (video_dir / "chunk-0-1.m4s").read_bytes()[10:20]
         assert (await client.get("/media/chunk-0-99.m4s")).status == 404
         assert (await client.get("/nothing-here")).status == 404
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("bytes=10-19", ByteRange((10, 19))), ("bytes=10-", ByteRange((10, 99))),
+    ("bytes=-5", ByteRange((95, 99))), ("bytes=-500", ByteRange((0, 99))),
+    ("bytes=90-500", ByteRange((90, 99))), ("BYTES=0-0", ByteRange((0, 0))),
+    ("bytes=100-", ByteRange(None, satisfiable=False)), ("bytes=100-200", ByteRange(None, satisfiable=False)),
+    ("bytes=-0", ByteRange(None, satisfiable=False)),
+    # ignored (RFC 9110: a server may ignore what it does not support; bad syntax is ignored too): 200
+    ("items=0-10", WHOLE_FILE), ("bytes=0-1,5-6", WHOLE_FILE), ("bytes=abc", WHOLE_FILE),
+    ("bytes=", WHOLE_FILE), ("bytes=-", WHOLE_FILE), ("bytes=5-2", WHOLE_FILE), ("bytes=+1-2", WHOLE_FILE),
+    ("bytes=1_0-20", WHOLE_FILE), ("bytes 0-10", WHOLE_FILE), ("", WHOLE_FILE),
+])
+def test_parse_range_follows_rfc_9110(header: str, expected: ByteRange) -> None:
+    assert parse_range(header, 100) == expected
+
+
+async def test_unsupported_ranges_get_the_whole_file_and_only_unsatisfiable_ones_416(video_dir: Path) -> None:
+    body = (video_dir / "chunk-0-1.m4s").read_bytes()
+    async with TestClient(TestServer(create_app(ServerConfig(media_root=video_dir)))) as client:
+        for header in ("items=0-10", "bytes=0-1,5-6", "bytes=abc", "bytes=5-2"):
+            resp = await client.get("/media/chunk-0-1.m4s", headers={"Range": header})
+            assert resp.status == 200, header
+            assert await resp.read() == body and "Content-Range" not in resp.headers
+        resp = await client.get("/media/chunk-0-1.m4s", headers={"Range": "bytes=-4"})
+        assert resp.status == 206 and await resp.read() == body[-4:]
+        assert resp.headers["Content-Range"] == f"bytes {len(body) - 4}-{len(body) - 1}/{len(body)}"
+        resp = await client.get("/media/chunk-0-1.m4s", headers={"Range": f"bytes={len(body)}-"})
+        assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{len(body)}"
 
 
 async def test_player_page_redirect_health_and_preflight(video_dir: Path, player_dir: Path) -> None:
@@ -144,6 +174,64 @@ async def test_request_log_has_one_row_per_media_request(video_dir: Path, tmp_pa
     assert all(float(r["duration_s"]) >= float(r["first_byte_s"]) >= 0 for r in rows)
     assert abs(float(rows[0]["wall_time_s"]) - time.time()) < 60
     assert rows[0]["remote"] == "127.0.0.1" and rows[0]["aborted"] == "0"
+
+
+async def test_requests_the_router_rejects_are_logged_too(video_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "requests.csv"
+    async with run_server(ServerConfig(media_root=video_dir, request_log=log)) as server, \
+            aiohttp.ClientSession() as session:
+        preflight = {"Origin": "http://127.0.0.1:1", "Access-Control-Request-Method": "GET"}
+        for method, path, headers in (("GET", "/media", {}), ("POST", "/media/manifest.mpd", {}),
+                                      ("OPTIONS", "/media/manifest.mpd", preflight),
+                                      ("OPTIONS", "/media/video.json", {}), ("GET", "/healthz", {})):
+            async with session.request(method, server.url + path, headers=headers) as resp:
+                await resp.read()
+    rows = read_request_log(log)
+    assert [(r["method"], r["path"], r["status"]) for r in rows] == [
+        ("GET", "/media", "404"), ("POST", "/media/manifest.mpd", "405"),
+        ("OPTIONS", "/media/manifest.mpd", "204"), ("OPTIONS", "/media/video.json", "405")]
+    assert all(r["aborted"] == "0" and r["bytes_sent"] == "0" for r in rows)
+
+
+async def test_closing_the_log_keeps_the_row_of_a_request_in_flight(video_dir: Path, tmp_path: Path) -> None:
+    """At shutdown the app's clean-up (which closes the log) may run before a cancelled handler writes its
+    row: the log then stays open until that row is written."""
+    log = tmp_path / "requests.csv"
+    cfg = ServerConfig(media_root=video_dir, request_log=log, first_byte_delay_ms=300)
+    async with run_server(cfg) as server, aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(session.get(server.media_url("video.json")))
+        await asyncio.sleep(0.1)  # the handler is now waiting out its first-byte delay
+        server.app[LOG_KEY].close()
+        resp = await request
+        assert resp.status == 200 and await resp.read() == (video_dir / "video.json").read_bytes()
+    (row,) = read_request_log(log)
+    assert row["path"] == "/media/video.json" and row["status"] == "200" and row["aborted"] == "0"
+
+
+def test_request_log_closes_after_the_last_request_in_flight(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "requests.csv")
+    record = RequestRecord(1.0, "GET", "/media/a", 200, 10, 0.1, 0.2, 0.0, "127.0.0.1", 0)
+    with log.request_in_flight():
+        log.close()
+        log.write(record)
+    with pytest.raises(ValueError):  # closed for real now
+        log.write(record)
+    assert [r["path"] for r in read_request_log(tmp_path / "requests.csv")] == ["/media/a"]
+
+
+@pytest.mark.parametrize("delay_ms", [-1.0, float("nan"), float("inf"), 1e9])
+def test_bad_first_byte_delays_are_refused(delay_ms: float, video_dir: Path) -> None:
+    with pytest.raises(ServerConfigError, match="first_byte_delay_ms"):
+        create_app(ServerConfig(media_root=video_dir, first_byte_delay_ms=delay_ms))
+
+
+async def test_bad_delays_are_refused_while_running(video_dir: Path) -> None:
+    async with run_server(ServerConfig(media_root=video_dir)) as server:
+        for delay_ms in (float("nan"), float("inf"), -5.0):
+            with pytest.raises(ValueError):
+                server.set_first_byte_delay_ms(delay_ms)
+            with pytest.raises(ValueError):
+                server.hold_next_media_response_ms(delay_ms)
 
 
 async def test_first_byte_delay_holds_back_media_responses(video_dir: Path, tmp_path: Path) -> None:
@@ -258,6 +346,15 @@ def test_cli_with_a_missing_media_root_fails_clearly(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 2
     assert "netllm serve: error" in proc.stderr and "prepare-video" in proc.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-5", "65536"])
+def test_cli_refuses_a_port_out_of_range(port: str, video_dir: Path) -> None:
+    cmd = [sys.executable, "-m", "server.cli", "--media-root", str(video_dir), "--port", port]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"port must be in 0..65535 (0 = pick a free one), got {port}" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 DASH_PAGE = """<!doctype html><meta charset="utf-8"><video id="v" muted></video>
