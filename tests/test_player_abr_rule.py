@@ -129,3 +129,16 @@ def test_fallback_follows_bba_reservoir_and_cushion(page: object, buffer_s: floa
     script = "([b, l]) => NetllmAbr.bufferBasedQuality(b, l)"
     got = page.evaluate(script, [buffer_s, ladder])  # type: ignore[attr-defined]
     assert got == quality
+
+
+def test_a_request_without_a_chunk_index_leaves_the_gate_alone(page: object) -> None:
+    # A NaN index used to stick in nextIndex (Math.max propagates it) and end controller control.
+    script = """() => {
+      const book = new NetllmAbr.DecisionBook({trigger() {}}, 48);
+      const accepted = [book.requestStarted(NaN), book.requestStarted(undefined), book.requestStarted(-1)];
+      const before = book.nextIndex;
+      const valid = book.requestStarted(1);
+      return {accepted, before, valid, after: book.nextIndex, gateOpen: book.gateOpen};
+    }"""
+    got = page.evaluate(script)  # type: ignore[attr-defined]
+    assert got == {"accepted": [False, False, False], "before": 0, "valid": True, "after": 2, "gateOpen": False}

@@ -115,8 +115,11 @@
 
     /** dash.js started requesting chunk `index`: the next one needs a decision before it may be requested. */
     requestStarted(index) {
+      // A NaN would stick in nextIndex (Math.max propagates it) and leave every later chunk undecided.
+      if (!Number.isInteger(index) || index < 0) return false;
       this.nextIndex = Math.max(this.nextIndex, index + 1);
       if (this.nextIndex < this.totalChunks && !this.decisions.has(this.nextIndex)) this._close();
+      return true;
     }
 
     _close() {

@@ -155,7 +155,8 @@
     observation(index) {
       const done = this.completed;
       const last = done.length ? done[done.length - 1].quality : this.cfg.defaultQuality;
-      const hist = this.completed.slice(-HISTORY_LEN);
+      // A chunk whose timings the browser did not give (NaN) is left out: the controller refuses null samples.
+      const hist = done.filter((c) => isFinite(c.throughputKbps) && isFinite(c.downloadS)).slice(-HISTORY_LEN);
       const rows = [];
       for (let k = index; k < Math.min(index + HORIZON, this.info.total); k++) {
         rows.push(this.info.sizes.map((levelRow) => Math.round(levelRow[k])));
@@ -226,7 +227,10 @@
 
     onLoadingStarted(e) {
       if (!this.isVideoMedia(e.request)) return;
-      this.book.requestStarted(this.chunkIndexOf(e.request));
+      const index = this.chunkIndexOf(e.request);
+      if (!this.book.requestStarted(index)) {
+        report('warning', {message: `a video request without a usable chunk index (${index}) was ignored`});
+      }
     }
 
     onLoadingCompleted(e) {
@@ -284,6 +288,9 @@
       if (decision && decision.quality !== quality) {
         const message = `chunk ${index} played at quality ${quality}, decision ${decision.quality}`;
         report('warning', {message: message});
+      }
+      if (!isFinite(throughputKbps)) {
+        report('warning', {message: `chunk ${index}: no usable download timing, left out of the throughput history`});
       }
       this.completed.push({quality, throughputKbps, downloadS});
       report('chunk', {
