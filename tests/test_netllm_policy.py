@@ -81,6 +81,52 @@ def test_new_session_restarts_the_context(ckpt: Path) -> None:
     assert policy.context_steps == 1 and policy._return == pytest.approx(policy.target_return * 41)
 
 
+def test_a_retried_chunk_gets_the_same_answer_and_changes_nothing(ckpt: Path) -> None:
+    policy = NetLLMPolicy(checkpoint=ckpt)
+    answers = [policy.select_quality(observation(c, last_quality=2)) for c in range(1, 6)]
+    state = (policy._return, policy.context_steps, len(policy._window._steps))
+    # a client retrying chunk 5 (even with a fresher buffer level) used to start the session over
+    assert policy.select_quality(observation(5, last_quality=2, buffer_s=3.0)) == answers[-1]
+    assert (policy._return, policy.context_steps, len(policy._window._steps)) == state
+
+
+def test_the_level_played_replaces_the_answer_as_the_action(ckpt: Path) -> None:
+    # float serving: dynamic int8 scales activations per call, so any other token would move the logits a little
+    policy = NetLLMPolicy(checkpoint=ckpt, inference="recompute", quantize="none")
+    answer = policy.select_quality(observation(1, last_quality=1))
+    played = (answer + 3) % 6  # the player fell back to another level
+    policy.select_quality(observation(2, last_quality=played))
+    assert [s.action for s in policy._window._steps][:1] == [played]
+    # the same logits as a session whose policy had answered that level itself
+    other = NetLLMPolicy(checkpoint=ckpt, inference="recompute", quantize="none")
+    other.select_quality(observation(1, last_quality=1))
+    other._window._steps[-1].action = played
+    import torch
+
+    torch.testing.assert_close(other._window.decide(policy._window._steps[-1].return_scaled,
+                                                    policy._window._steps[-1].features, 2),
+                               policy._window._recompute())
+
+
+def test_a_gap_in_chunks_starts_over(ckpt: Path) -> None:
+    policy = NetLLMPolicy(checkpoint=ckpt, target_return=1.5)
+    for c in range(1, 4):
+        policy.select_quality(observation(c))
+    policy.select_quality(observation(6))  # chunks 4 and 5 were decided elsewhere (the page's fallback)
+    assert policy.context_steps == 1 and policy._return == pytest.approx(1.5 * 42)
+
+
+def test_chunk_zero_uses_the_first_trained_timestep(ckpt: Path) -> None:
+    policy = NetLLMPolicy(checkpoint=ckpt)
+    seen: list[int] = []
+    decide = policy._window.decide
+    policy._window.decide = lambda r, f, t: seen.append(t) or decide(r, f, t)  # type: ignore[method-assign]
+    policy.select_quality(observation(0))
+    policy.select_quality(observation(1))
+    policy.select_quality(observation(500))
+    assert seen == [1, 1, policy.max_timestep] and policy.min_timestep == 1
+
+
 def test_served_window_bounds_the_context(ckpt: Path, tmp_path: Path) -> None:
     """`window` (or the checkpoint's serving.context_steps) caps the context; kv refreshes to the last
     window // 2 steps, so a 3-step window alternates between 2 and 3 steps after its first decisions."""

@@ -381,8 +381,9 @@ def _resume_from(model: Any, last: Path, optimizer: Any, rng: np.random.Generato
 def _serving(pool: Any, target: float) -> dict[str, Any]:
     from controller.netllm.abr_features import COL
 
-    return {"target_return_per_chunk": target,
-            "max_trained_timestep": int(pool.observations[:, COL["chunk_index"]].max())}
+    chunk_index = pool.observations[:, COL["chunk_index"]]
+    return {"target_return_per_chunk": target, "min_trained_timestep": int(chunk_index.min()),
+            "max_trained_timestep": int(chunk_index.max())}
 
 
 def _choose_target(cfg: Config, val: Validation, pool: Any, best_dir: Path) -> dict[str, float]:

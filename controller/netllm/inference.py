@@ -114,6 +114,13 @@ class DecisionWindow:
             else:
                 self._cache, self._cache_steps = self._encode_fresh(steps)
 
+    def record_played(self, level: int) -> None:
+        """The level the player actually played for the latest step, when it differs from the committed
+        answer (a live player falls back when the answer comes too late). Training only saw the levels
+        played; this step's action token is not in the cache yet (the cache invariant), so this is free."""
+        if self._steps:
+            self._steps[-1].action = int(level)
+
     # ---- internals ----
     def _tensors(self, steps: list[Step]) -> tuple[torch.Tensor, ...]:
         dev = self._device

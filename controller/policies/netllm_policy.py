@@ -31,6 +31,14 @@ policy computes it from two consecutive observations: the chunk's level is the n
 previous level the old one, the stall the growth of the cumulative `rebuffer_s` (the simulator's chunk QoE
 exactly; live players report the same fields). A client may instead send it as `extra["last_chunk_qoe"]`.
 
+Following a session (same session_id): the next chunk (chunk_index one above the last decided) continues it,
+and the level the player reports as `last_quality` replaces the answer as that step's action (they differ
+when a live player fell back). A repeat of the chunk just decided (a client's retry) gets the same answer and
+changes nothing. Anything else (a lower index, or a gap: the skipped chunks' QoE is unknown and the context
+would hold steps never played in a row) starts over, as at a session's first decision. Timesteps are clamped
+to the range the checkpoint was trained on (`serving.min_trained_timestep`, default 1: pools skip chunk 0,
+which the simulator plays at a fixed level; `serving.max_trained_timestep`).
+
 Loaded models are shared by all instances (the controller builds one instance per session); each instance
 keeps only its session's context window. `blocking = True`: the controller runs it on its worker thread.
 """
@@ -154,6 +162,7 @@ class NetLLMPolicy(AbrPolicy):
         if not math.isfinite(self.target_return):
             raise ValueError("target_return must be finite")
         self.max_timestep = int(serving.get("max_trained_timestep", model.cfg.max_timestep - 1))
+        self.min_timestep = min(int(serving.get("min_trained_timestep", 1)), self.max_timestep)
         self.return_scale = float(model.cfg.return_scale)
         self.sample = bool(sample)
         self.temperature = float(temperature)
@@ -163,6 +172,7 @@ class NetLLMPolicy(AbrPolicy):
                                       window=served_window(model, serving, window))
         self._prev_features: np.ndarray | None = None
         self._prev_chunk = -1
+        self._prev_answer = 0
         self._session = ""
         self._return = 0.0
 
@@ -173,18 +183,20 @@ class NetLLMPolicy(AbrPolicy):
         self._return = 0.0
         self._generator.manual_seed(self.seed)
 
-    def _continues_session(self, obs: AbrObservation) -> bool:
+    def _follows(self, obs: AbrObservation, offset: int) -> bool:
+        """`obs` is this session's chunk `offset` after the last one decided."""
         return (self._prev_features is not None and obs.session_id == self._session
-                and obs.chunk_index > self._prev_chunk)
+                and obs.chunk_index == self._prev_chunk + offset)
 
     def _update_return(self, obs: AbrObservation, features: np.ndarray) -> None:
         from controller.netllm.abr_features import previous_chunk_qoe
 
-        if not self._continues_session(obs):
+        if not self._follows(obs, 1):
             self.reset()
             self._session = obs.session_id
             self._return = self.target_return * obs.chunks_remaining
             return
+        self._window.record_played(obs.last_quality)
         reported = obs.extra.get("last_chunk_qoe") if obs.extra else None
         # Parsed requests are checked already; this also guards observations built in code (NaN fails here).
         if isinstance(reported, (int, float)) and not isinstance(reported, bool) \
@@ -199,11 +211,13 @@ class NetLLMPolicy(AbrPolicy):
 
         from controller.netllm.abr_features import observation_features
 
+        if self._follows(obs, 0):  # a retry of the request just answered
+            return self._prev_answer
         features = observation_features(obs)
         self._update_return(obs, features)
-        # Chunk indices past the longest training episode reuse its last timestep embedding (the later rows
-        # of the table were never trained).
-        timestep = min(obs.chunk_index, self.max_timestep)
+        # Chunk indices outside the trained episodes reuse the nearest trained timestep embedding (the other
+        # rows of the table were never trained).
+        timestep = min(max(obs.chunk_index, self.min_timestep), self.max_timestep)
         logits = self._window.decide(self._return / self.return_scale, features, timestep)
         if self.sample:
             probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
@@ -213,6 +227,7 @@ class NetLLMPolicy(AbrPolicy):
         self._window.commit(action)
         self._prev_features = features
         self._prev_chunk = obs.chunk_index
+        self._prev_answer = action
         return action
 
     @property
