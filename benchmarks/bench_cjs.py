@@ -119,7 +119,8 @@ def print_table(title: str, summary: dict, policies: list[str], latency: dict) -
     for name in policies:
         s, lat = summary[name], latency.get(name, {})
         ref = PUBLISHED_MEAN_JCT_S.get(name)
-        print(f"{name:12s} {s['mean_jct_s']:10.2f} [{s['jct_ci95_low']:7.2f}, {s['jct_ci95_high']:7.2f}] "
+        low, high = (float("nan") if v is None else v for v in (s["jct_ci95_low"], s["jct_ci95_high"]))
+        print(f"{name:12s} {s['mean_jct_s']:10.2f} [{low:7.2f}, {high:7.2f}] "
               f"{(f'~{ref}' if ref else '-'):>9s} {s['jobs_per_wall_s']:11.1f} "
               f"{lat.get('p50_ms', float('nan')):8.3f} {lat.get('p99_ms', float('nan')):8.3f}")
 

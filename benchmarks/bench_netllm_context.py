@@ -6,8 +6,10 @@ This plays every session of a split with each candidate window, as the policy se
 `--quantize`: int8-split on a CPU by default, greedy, the checkpoint's serving target or `--target`), and
 reports the mean per-chunk QoE (chunk 0 skipped) per window.
 
-Splits: `valid` (for choosing), `train` (in-sample for the weights, but not for the window: a check that a
-choice carries over), or any folder of traces (`--trace-dir`). Test splits are refused: choose on validation.
+Splits: `valid` (for choosing, the default), `train` (in-sample for the weights, but not for the window: a
+check that a choice carries over), or any folder of traces (`--trace-dir`, not together with `--split`).
+Test splits are refused: choose on validation. So is a `--trace-dir` holding any file whose content is that of
+a test-split trace (by SHA-256, as traces.splits finds duplicates), whatever its name.
 Each trace is played from `--starts` start samples spread over it (as `netllm train --valid-starts`).
 
     .venv/bin/python benchmarks/bench_netllm_context.py --checkpoint models/netllm-abr-smollm2 \
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -80,19 +83,59 @@ def paired_with_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows[1:]:
         diff = paired_difference(row["session_qoe"], first["session_qoe"])
-        print(f"{row['window']:>3} vs {first['window']} steps: {diff.mean_diff:+.4f} "
-              f"[{diff.ci95_low:+.4f}, {diff.ci95_high:+.4f}], wins/ties/losses "
-              f"{diff.wins}/{diff.ties}/{diff.losses}, Wilcoxon p {diff.wilcoxon_p:.3g}")
-        out.append({"window": row["window"], "reference_window": first["window"], **vars(diff)})
+        # A single session has a difference but no interval (NaN ends): said so, and null in context.json.
+        interval = ("[no interval: 1 session]" if math.isnan(diff.ci95_low)
+                    else f"[{diff.ci95_low:+.4f}, {diff.ci95_high:+.4f}]")
+        print(f"{row['window']:>3} vs {first['window']} steps: {diff.mean_diff:+.4f} {interval}, "
+              f"wins/ties/losses {diff.wins}/{diff.ties}/{diff.losses}, Wilcoxon p {diff.wilcoxon_p:.3g}")
+        figures = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(diff).items()}
+        out.append({"window": row["window"], "reference_window": first["window"], **figures})
     return out
+
+
+def check_traces(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One source of traces, and never a test trace: a window chosen on test traces would be tuned on the
+    figures it is then judged by."""
+    if args.trace_dir and args.split is not None:
+        parser.error("--split and --trace-dir both name the traces: give one")
+    if args.trace_dir:
+        test_copy = copied_test_trace(Path(args.trace_dir))
+        if test_copy:
+            parser.error(f"--trace-dir {args.trace_dir}: {test_copy}; choose on validation traces, "
+                         "never on a test split")
+        return
+    args.split = args.split or CHOOSING_SPLITS[0]
+    if args.split not in CHOOSING_SPLITS:
+        parser.error(f"--split {args.split!r}: choose on {' or '.join(CHOOSING_SPLITS)}, "
+                     "never on a test split")
+
+
+def copied_test_trace(trace_dir: Path) -> str:
+    """How a file of `trace_dir` (those read_trace_dir reads) repeats a test-split trace ("" if none)."""
+    from traces import splits
+
+    if not trace_dir.is_dir():
+        return ""  # read_trace_dir reports it
+    paths = sorted(p for p in trace_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:
+        copies = splits.copies_of_test_traces(paths)
+    except splits.SplitError as exc:
+        print(f"warning: cannot check --trace-dir against the test splits ({exc})", file=sys.stderr)
+        return ""
+    if not copies:
+        return ""
+    path, split, test_path = copies[0]
+    return f"{path.name} has the content of {split} trace {test_path}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=str(REPO / "models" / "netllm-abr-smollm2"))
     parser.add_argument("--windows", default="20,12,8,6,5,4,3,2", help="served context lengths to try")
-    parser.add_argument("--split", default="valid", help=f"one of {', '.join(CHOOSING_SPLITS)}")
-    parser.add_argument("--trace-dir", default="", help="a folder of traces instead of --split")
+    parser.add_argument("--split", default=None,
+                        help=f"one of {', '.join(CHOOSING_SPLITS)} (default {CHOOSING_SPLITS[0]})")
+    parser.add_argument("--trace-dir", default="",
+                        help="a folder of traces instead of --split (none may be a test trace)")
     parser.add_argument("--max-traces", type=int, default=0, help="first N traces (0: all)")
     parser.add_argument("--starts", type=int, default=3, help="sessions per trace, spread over its samples")
     parser.add_argument("--target", type=float, default=None,
@@ -105,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--out", default="", help="write OUT/context.json")
     args = parser.parse_args(argv)
-    if not args.trace_dir and args.split not in CHOOSING_SPLITS:
-        parser.error(f"--split {args.split!r}: choose on {' or '.join(CHOOSING_SPLITS)}, "
-                     "never on a test split")
+    check_traces(parser, args)
     if not (Path(args.checkpoint) / "netllm_config.json").is_file():
         parser.error(f"{args.checkpoint}: not a NetLLM checkpoint folder")
     try:

@@ -20,6 +20,9 @@ downloads unless `--noise`, chunk 0 at `--default-quality` (1 by default; NetLLM
 reproduces its published figures exactly), per-session mean QoE over chunks 1.., then the mean over traces.
 Reproduce NetLLM's fcc-test numbers with `--traces <data>/abr/traces/fcc-test --start-offsets
 <data>/abr/fcc-test-start-offsets.txt --video <data>/abr/videos/video1_sizes`.
+Session ids are `policy:trace-name:start`, so two traces of one name (a JSON list naming a file twice, or two
+folders' files of one name) are refused before anything runs. `--chunks` is 0 (the whole video) or at least 2:
+chunk 0 is never scored, so a one-chunk session has no QoE.
 With `--noise` every policy sees the same noise draws on a given trace (the generator is
 seeded from `--seed` and the trace's position), so comparisons are paired.
 
@@ -45,7 +48,7 @@ from netllm.evaluation import map_units, mean_ci95
 
 SUMMARY_KEYS: dict[str, str] = {
     "mean_qoe": "mean over traces of the per-session mean chunk QoE (chunk 0 skipped)",
-    "qoe_ci95_low": "95% confidence interval of mean_qoe over traces (Student t), low end",
+    "qoe_ci95_low": "95% confidence interval of mean_qoe over traces (Student t), low end (null: one trace)",
     "qoe_ci95_high": "high end of that interval",
     "qoe_std": "standard deviation of the per-session mean QoE over traces",
     "mean_bitrate_kbps": "mean chunk bitrate (all chunks)",
@@ -256,7 +259,18 @@ def _write_outputs(cfg: Config, results: list[dict[str, Any]], figures: dict[str
         rows = [row for r in sorted(results, key=lambda r: (order[r["session"]["policy"]],
                                                             r["session"]["trace_pos"])) for row in r["rows"]]
         pd.DataFrame(rows, columns=list(COLUMNS)).to_parquet(cfg.out / "chunks.parquet", index=False)
-    write_summary({**run_info, **figures}, cfg.out)
+    write_summary({**run_info, **{name: _json_safe(fig) for name, fig in figures.items()}}, cfg.out)
+
+
+def _json_safe(fig: dict[str, Any]) -> dict[str, Any]:
+    """NaN figures (the 95% interval of a single trace has no ends) as JSON null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fig.items()}
+
+
+def _interval_text(low: float, high: float) -> str:
+    if math.isnan(low) or math.isnan(high):
+        return "[no interval: 1 trace]"
+    return f"[{low:.4f}, {high:.4f}]"
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -295,8 +309,10 @@ def _starts(cfg: Config, paths: list[Path], samples: list[int]) -> list[int]:
 
 def _check_options(cfg: Config) -> None:
     """Option values a worker would only trip over later (each a clear error before anything runs)."""
-    if cfg.chunks < 0:
-        raise CommandError(f"--chunks must be >= 0 (0: the whole video), got {cfg.chunks}")
+    if cfg.chunks < 0 or cfg.chunks == 1:
+        # One chunk leaves nothing to score (chunk 0 is never scored): every mean QoE would be NaN.
+        raise CommandError(f"--chunks must be 0 (the whole video) or >= 2 (chunk 0 is not scored), "
+                           f"got {cfg.chunks}")
     if cfg.workers < 0:
         raise CommandError(f"--workers must be >= 0 (0: one per CPU core), got {cfg.workers}")
     if cfg.start_index < 1:
@@ -312,16 +328,29 @@ def _load_inputs(cfg: Config, sim_config: Any) -> tuple[Any, list[Path], list[in
 
     paths = trace_paths(cfg.traces)
     try:
+        traces = [PreparedTrace(read_trace(path)) for path in paths]
+        _refuse_shared_names(cfg.traces, paths, [t.name for t in traces])
         video = load_video(cfg.video)
         prepared_video = PreparedVideo(video, sim_config.horizon, sim_config.chunk_count)
-        samples = []
-        for path in paths:
-            trace = PreparedTrace(read_trace(path))
+        if prepared_video.chunk_count < 2:
+            raise CommandError(f"{cfg.video}: a session needs at least 2 chunks (chunk 0 is not scored); "
+                               f"this video has {prepared_video.chunk_count}")
+        for trace in traces:
             check_trace_carries_video(trace, prepared_video, sim_config)
-            samples.append(trace.samples)
     except (VideoError, TraceError) as exc:
         raise CommandError(str(exc)) from None
-    return video, paths, samples
+    return video, paths, [t.samples for t in traces]
+
+
+def _refuse_shared_names(spec: Path, paths: list[Path], names: list[str]) -> None:
+    """Session ids (`policy:trace:start`), start offsets and the report's pairing all go by trace name:
+    two traces of one name would be merged into one session downstream."""
+    first: dict[str, Path] = {}
+    for path, name in zip(paths, names):
+        if name in first:
+            raise CommandError(f"{spec}: traces {first[name]} and {path} share the name {name!r}; "
+                               "give every trace a distinct file name")
+        first[name] = path
 
 
 def run(cfg: Config) -> int:
@@ -363,8 +392,8 @@ def run(cfg: Config) -> int:
     width = max(len(n) for n in cfg.policies)
     for name in cfg.policies:
         f = figures[name]
-        print(f"{name.ljust(width)}  QoE {f['mean_qoe']:.4f} "
-              f"[{f['qoe_ci95_low']:.4f}, {f['qoe_ci95_high']:.4f}]"
+        interval = _interval_text(f["qoe_ci95_low"], f["qoe_ci95_high"])
+        print(f"{name.ljust(width)}  QoE {f['mean_qoe']:.4f} {interval}"
               f"  bitrate {f['mean_bitrate_kbps']:.0f} kbps  rebuffer {100 * f['rebuffer_ratio']:.2f}%"
               f"  switches {f['switches_per_session']:.1f}")
     print(f"results in {cfg.out}")

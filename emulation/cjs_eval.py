@@ -146,6 +146,8 @@ def summarize(results: list[dict[str, Any]], policies: list[str]) -> dict[str, d
         jcts = np.array([row["jct_s"] for r in mine for row in r["rows"]])
         per_seed = [e["mean_jct_s"] for e in episodes]
         _, low, high = mean_ci95(per_seed)
+        # One seed has no interval: null in summary.json (NaN is not JSON).
+        low, high = (None, None) if math.isnan(low) else (low, high)
         wall = sum(e["wall_s"] for e in episodes)
         out[name] = {
             "mean_jct_s": float(jcts.mean()), "jct_ci95_low": low, "jct_ci95_high": high,
@@ -271,8 +273,10 @@ def run(cfg: Config) -> int:
     for name in cfg.policies:
         s = per_policy[name]
         ref = PUBLISHED_MEAN_JCT_S.get(name)
-        print(f"{name.ljust(width)}  mean JCT {s['mean_jct_s']:7.2f} s  95% CI [{s['jct_ci95_low']:.2f}, "
-              f"{s['jct_ci95_high']:.2f}]  {s['jobs_per_wall_s']:.0f} jobs/s"
+        interval = ("[no interval: 1 seed]" if s["jct_ci95_low"] is None
+                    else f"[{s['jct_ci95_low']:.2f}, {s['jct_ci95_high']:.2f}]")
+        print(f"{name.ljust(width)}  mean JCT {s['mean_jct_s']:7.2f} s  95% CI {interval}  "
+              f"{s['jobs_per_wall_s']:.0f} jobs/s"
               + (f"  (published ~{ref})" if ref else ""))
     print(f"results in {cfg.out}")
     return 0

@@ -13,16 +13,26 @@ session), `summary.json` (per policy: sessions, mean/median QoE, mean bitrate, r
 `config.json`.
 
 With `--reference POLICY` (e.g. robustmpc) every other policy is also compared with it session by session:
-sessions on the same trace are paired (the k-th session of a trace with the reference's k-th on it; with
-`netllm sim` they share the start index too), and `paired.csv` and the summary's `paired` entry give the mean
-QoE difference with its 95% interval, wins / ties / losses and a Wilcoxon signed-rank p-value. Unpaired
-intervals hide small differences under the spread between traces; paired ones do not.
+a session is paired with the reference's session on the same trace from the same start (`netllm sim` ids
+`policy:trace:start` give the start index; live sessions give `trace_start_time_s` in their folder's or their
+replay's summary.json; where neither is known, the k-th session of a trace is paired with the reference's k-th
+on it), and `paired.csv` and the summary's `paired` entry give the mean QoE difference with its 95% interval
+(null with a single pair), wins / ties / losses and a Wilcoxon signed-rank p-value. Unpaired intervals hide
+small differences under the spread between traces; paired ones do not. Pairs whose chunk counts differ, or
+whose QoE is NaN (a one-chunk session), are left out; every dropped session is counted (`unpaired_sessions`,
+`nan_sessions`, `chunk_mismatch_sessions` beside `sessions_present` and `sessions_used`) and printed. Sessions
+whose folders record different run conditions (config.json / summary.json: video, chunks, default quality,
+noise, live timing, seed of what is drawn, link options) are never paired: the report stops and names the
+fields that differ.
 
 With `--compare DIR=LABEL,...` the sessions of other results folders join the report, their policies renamed
 `LABEL/policy` (LABEL defaults to the folder's name): two checkpoints of the same policy, or the same policy
 before and after a change, are then plotted and paired like two policies (e.g. `--compare
-runs/random-body/fcc-test=random --reference netllm` pairs `random/netllm` with `netllm`). The folders must
-have played the same traces in the same order for the pairs to mean the same session.
+runs/random-body/fcc-test=random --reference netllm` pairs `random/netllm` with `netllm`). Only sessions on
+the same trace from the same start are paired, under the run conditions above.
+
+Two rows for one (session id, chunk) are refused, naming their files (two traces of one name, or a session
+folder read twice); a replay's `interrupted/` and `failed_starts/` folders hold no results and are not read.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emulation.report_sources import (chunk_files, condition_differences, read_chunk_file,
+                                      refuse_duplicate_rows, with_session_meta)
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
 
@@ -51,37 +63,22 @@ class Config:
 
 
 def load_chunks(results: Path) -> Any:
-    """All chunk rows under `results` as a DataFrame with the chunk-log columns."""
+    """All chunk rows under `results` as a DataFrame: the chunk-log columns, then
+    `emulation.report_sources.META_COLUMNS` (each session's start and its folder's run conditions)."""
     import pandas as pd
-
-    from netllm.chunklog import COLUMNS, read_chunk_log
 
     results = Path(results)
     if not results.is_dir():
         raise CommandError(f"{results}: not a directory")
-    top = results / "chunks.parquet"
-    if top.exists():
-        files = [top]
-    else:
-        parquet = {p.parent: p for p in results.rglob("chunks.parquet")}
-        csv = {p.parent: p for p in results.rglob("chunks.csv") if p.parent not in parquet}
-        files = sorted([*parquet.values(), *csv.values()])
+    files = chunk_files(results)
     if not files:
         raise CommandError(f"{results}: no chunks.parquet or chunks.csv found")
-    frames = []
-    for f in files:
-        try:
-            df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.DataFrame(read_chunk_log(f))
-        except (OSError, ValueError, KeyError) as exc:
-            raise CommandError(f"{f}: unreadable chunk log ({exc})") from None
-        missing = [c for c in COLUMNS if c not in df.columns]
-        if missing and len(df):
-            raise CommandError(f"{f}: missing columns {missing}")
-        if len(df):
-            frames.append(df[list(COLUMNS)])
+    frames = [with_session_meta(df, f) for f in files if len(df := read_chunk_file(f))]
     if not frames:
         raise CommandError(f"{results}: the chunk logs are empty")
-    return pd.concat(frames, ignore_index=True)
+    chunks = pd.concat(frames, ignore_index=True)
+    refuse_duplicate_rows(chunks)
+    return chunks
 
 
 def _compare_spec(spec: str) -> tuple[Path, str]:
@@ -133,8 +130,20 @@ def session_table(chunks: Any) -> Any:
             "bitrate_term": float(df["bitrate_kbps"].iloc[1:].mean() / 1000.0),
             "stall_term": float(REBUFFER_PENALTY * df["rebuffer_s"].iloc[1:].mean()),
             "switch_term": float(SMOOTH_PENALTY * df["bitrate_kbps"].diff().abs().iloc[1:].mean() / 1000.0),
+            **_session_meta(df),
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Nullable integers: a start index is unknown for live sessions, and must not turn into a float.
+    if not len(table):
+        return table
+    return table.assign(start_index=pd.array(table["start_index"].tolist(), dtype="Int64"))
+
+
+def _session_meta(df: Any) -> dict[str, Any]:
+    """A session's start and its folder's run conditions (absent from frames built without load_chunks)."""
+    first = df.iloc[0]
+    return {"start_index": first.get("start_index"), "trace_start_time_s": first.get("trace_start_time_s"),
+            "run_conditions": first.get("run_conditions", "{}"), "source": first.get("source", "")}
 
 
 def _policy_order(sessions: Any, wanted: list[str]) -> list[str]:
@@ -234,36 +243,96 @@ def plot_timeline(chunks: Any, session_id: str, path: Path) -> None:
     plt.close(fig)
 
 
-def paired_table(sessions: Any, policies: list[str], reference: str) -> Any:
-    """One row per policy other than `reference`: its paired QoE difference with the reference
-    (netllm.evaluation.paired_difference) over the traces both played, and how many sessions had no partner."""
+PAIR_KEY = ["trace", "start_key", "occurrence"]
+PAIR_COLUMNS = [*PAIR_KEY, "mean_qoe", "chunks", "run_conditions", "source"]
+
+
+def _start_key(sessions: Any) -> list[str]:
+    """Per session, where on its trace it started ("" where unknown): the simulator's start index or the
+    live session's start time, so that only sessions that played the same stretch of a trace pair up."""
     import pandas as pd
 
+    unknown = pd.Series(float("nan"), index=sessions.index)
+    index = sessions.get("start_index", unknown)
+    time_s = pd.to_numeric(sessions.get("trace_start_time_s", unknown), errors="coerce")
+    return [f"sample {int(i)}" if not pd.isna(i) else f"{t:.6f} s" if not pd.isna(t) else ""
+            for i, t in zip(index, time_s)]
+
+
+def _keyed(sessions: Any) -> Any:
+    """Sessions with their pairing key: (trace, start, k-th such session of its policy)."""
+    keyed = sessions.assign(start_key=_start_key(sessions))
+    if "run_conditions" not in keyed:
+        keyed = keyed.assign(run_conditions="{}", source="")
+    return keyed.assign(occurrence=keyed.groupby(["policy", "trace", "start_key"]).cumcount())
+
+
+def _refuse_other_conditions(policy: str, reference: str, matched: Any) -> None:
+    """Stop when a pair's folders recorded different run conditions (another video, chunk count, noise...)."""
+    import json
+
+    combos = matched[["run_conditions", "run_conditions_ref", "source", "source_ref"]].drop_duplicates(
+        ["run_conditions", "run_conditions_ref"])
+    for mine, ref, source, source_ref in combos.itertuples(index=False):
+        differences = condition_differences(json.loads(mine), json.loads(ref))
+        if differences:
+            raise CommandError(f"{policy} ({source}) and {reference} ({source_ref}) were played under "
+                               f"different conditions: {', '.join(differences)}; "
+                               "pair only sessions played the same way")
+
+
+def _pair_row(policy: str, reference: str, mine: Any, ref: Any) -> dict[str, Any]:
+    """The paired comparison of one policy's sessions with the reference's, and what was left out."""
     from netllm.evaluation import paired_difference
+
+    matched = mine.merge(ref, on=PAIR_KEY, suffixes=("", "_ref"))
+    if matched.empty:
+        raise CommandError(f"{policy} and {reference} share no session (same trace, same start): "
+                           "nothing to pair")
+    _refuse_other_conditions(policy, reference, matched)
+    other_chunks = matched["chunks"] != matched["chunks_ref"]
+    nan = ~other_chunks & (matched["mean_qoe"].isna() | matched["mean_qoe_ref"].isna())
+    used = matched[~other_chunks & ~nan]
+    if used.empty:
+        raise CommandError(f"{policy} and {reference}: no pair to compare ({int(other_chunks.sum())} pairs "
+                           f"of different chunk counts, {int(nan.sum())} with a NaN QoE)")
+    diff = paired_difference(used["mean_qoe"].tolist(), used["mean_qoe_ref"].tolist())
+    return {"policy": policy, "reference": reference, **vars(diff),
+            "unpaired_sessions": int(len(mine) + len(ref) - 2 * len(matched)),
+            "sessions_present": int(len(mine) + len(ref)), "sessions_used": 2 * len(used),
+            "nan_sessions": 2 * int(nan.sum()), "chunk_mismatch_sessions": 2 * int(other_chunks.sum())}
+
+
+def paired_table(sessions: Any, policies: list[str], reference: str) -> Any:
+    """One row per policy other than `reference`: its paired QoE difference with the reference
+    (netllm.evaluation.paired_difference) over the sessions both played on the same trace from the same
+    start, and how many sessions were left out (no partner, a NaN QoE, another chunk count)."""
+    import pandas as pd
 
     if reference not in policies:
         raise CommandError(f"reference policy {reference!r} has no sessions here; present: {', '.join(policies)}")
-    keyed = sessions.assign(occurrence=sessions.groupby(["policy", "trace"]).cumcount())
-    ref = keyed[keyed["policy"] == reference][["trace", "occurrence", "mean_qoe"]]
-    rows = []
-    for policy in policies:
-        if policy == reference:
-            continue
-        mine = keyed[keyed["policy"] == policy][["trace", "occurrence", "mean_qoe"]]
-        both = mine.merge(ref, on=["trace", "occurrence"], suffixes=("", "_ref")).dropna()
-        if both.empty:
-            raise CommandError(f"{policy} and {reference} share no trace: nothing to pair")
-        diff = paired_difference(both["mean_qoe"].tolist(), both["mean_qoe_ref"].tolist())
-        rows.append({"policy": policy, "reference": reference, **vars(diff),
-                     "unpaired_sessions": int(len(mine) + len(ref) - 2 * len(both))})
+    keyed = _keyed(sessions)
+    ref = keyed[keyed["policy"] == reference][PAIR_COLUMNS]
+    rows = [_pair_row(policy, reference, keyed[keyed["policy"] == policy][PAIR_COLUMNS], ref)
+            for policy in policies if policy != reference]
     return pd.DataFrame(rows)
+
+
+def _interval_text(low: float, high: float) -> str:
+    """The 95% interval as printed; a single pair has none (mean_ci95 gives NaN ends)."""
+    if math.isnan(low) or math.isnan(high):
+        return "[no interval: 1 pair]"
+    return f"[{low:+.4f}, {high:+.4f}]"
 
 
 def print_paired(table: Any) -> None:
     for row in table.itertuples():
-        print(f"{row.policy} - {row.reference}: {row.mean_diff:+.4f} [{row.ci95_low:+.4f}, {row.ci95_high:+.4f}] "
-              f"over {row.pairs} pairs, wins/ties/losses {row.wins}/{row.ties}/{row.losses}, "
-              f"Wilcoxon p {row.wilcoxon_p:.3g}")
+        interval = _interval_text(row.ci95_low, row.ci95_high)
+        print(f"{row.policy} - {row.reference}: {row.mean_diff:+.4f} {interval} "
+              f"over {row.pairs} pairs ({row.sessions_used} of {row.sessions_present} sessions; left out: "
+              f"{row.unpaired_sessions} unpaired, {row.nan_sessions} NaN QoE, "
+              f"{row.chunk_mismatch_sessions} other chunk count), "
+              f"wins/ties/losses {row.wins}/{row.ties}/{row.losses}, Wilcoxon p {row.wilcoxon_p:.3g}")
 
 
 def _finite(value: Any) -> Any:
@@ -300,14 +369,18 @@ def run(cfg: Config) -> int:
     plot_cdf(sessions, policies, cfg.out / "qoe_cdf.png")
     plot_components(sessions, policies, cfg.out / "qoe_components.png")
     plot_timeline(chunks, session, timeline)
-    sessions.to_csv(cfg.out / "sessions.csv", index=False)
-    doc: dict[str, Any] = {"results": str(cfg.results), "compared": list(cfg.compare), "policies": policies, "sessions": int(len(sessions)),
+    sessions.drop(columns=["run_conditions"]).to_csv(cfg.out / "sessions.csv", index=False)
+    doc: dict[str, Any] = {"results": str(cfg.results), "compared": list(cfg.compare), "policies": policies,
+                           "sessions": int(len(sessions)),
+                           "sessions_used": int(sessions["mean_qoe"].notna().sum()),
                            "timeline_session": session,
                            "plots": ["qoe_box.png", "qoe_cdf.png", "qoe_components.png", timeline.name]}
     for p in policies:
         s = sessions[sessions["policy"] == p]
+        # sessions_used: those with a mean QoE (a one-chunk session has none), what mean_qoe averages over.
         doc[p] = {k: _finite(v) for k, v in {
-            "sessions": int(len(s)), "mean_qoe": s["mean_qoe"].mean(), "median_qoe": s["mean_qoe"].median(),
+            "sessions": int(len(s)), "sessions_used": int(s["mean_qoe"].notna().sum()),
+            "mean_qoe": s["mean_qoe"].mean(), "median_qoe": s["mean_qoe"].median(),
             "mean_bitrate_kbps": s["mean_bitrate_kbps"].mean(),
             "rebuffer_ratio": s["rebuffer_s"].sum() / (s["chunks"].sum() * cfg.chunk_duration_s),
             "switches_per_session": s["switches"].mean()}.items()}

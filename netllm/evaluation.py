@@ -62,7 +62,9 @@ def _share_cores(threads: int, initializer: Callable[..., None], *initargs: Any)
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t 95% interval of the mean; zero width for a single value."""
+    """(mean, low, high): Student-t 95% interval of the mean. A single value has a mean but no interval
+    (low and high NaN: one sample says nothing about the spread; a zero-width interval would claim
+    certainty); no value has neither."""
     from scipy import stats
 
     n = len(values)
@@ -70,7 +72,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
     mean = math.fsum(values) / n
     if n < 2:
-        return mean, mean, mean
+        return mean, math.nan, math.nan
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
@@ -96,11 +98,18 @@ class PairedDifference:
 
 def paired_difference(values: Sequence[float], reference: Sequence[float],
                       tie_tol: float = 1e-9) -> PairedDifference:
-    """Compare `values[i]` with `reference[i]` session by session (equal lengths, at least one pair)."""
+    """Compare `values[i]` with `reference[i]` session by session (equal lengths, at least one pair, every
+    value finite: a NaN difference is neither above nor below the tie tolerance, so it would count as a tie;
+    drop such sessions first and say so)."""
     from scipy import stats
 
     if len(values) != len(reference) or not values:
         raise ValueError(f"paired comparison needs equal, non-empty lists ({len(values)} vs {len(reference)})")
+    bad = [i for i, (a, b) in enumerate(zip(values, reference))
+           if not (math.isfinite(a) and math.isfinite(b))]
+    if bad:
+        raise ValueError(f"paired comparison needs finite values; pair {bad[0]} is "
+                         f"({values[bad[0]]}, {reference[bad[0]]}) ({len(bad)} non-finite pairs)")
     diffs = [float(a) - float(b) for a, b in zip(values, reference)]
     mean, low, high = mean_ci95(diffs)
     wins = sum(d > tie_tol for d in diffs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ RAY_PIN = "ray==2.60.0"
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 ** 2
 """Results are small JSON-like rows; a small store keeps the private instance light on a small machine."""
 CANCEL_WAIT_S = 60.0
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _import_ray() -> Any:
@@ -90,8 +92,8 @@ def _in_cwd(cwd: str, fn: Callable[..., Any], *args: Any) -> Any:
 def run_remote(ray: Any, fn: Callable[..., Any], arg_tuples: Sequence[tuple], desc: str, unit: str,
                on_result: Callable[[int, Any], None] | None = None, cpus_per_task: float = 1) -> list[Any]:
     """`fn(*args)` as one Ray task per tuple; results in submission order. `on_result(index, result)` runs
-    in the driver as each task completes. Task errors are raised here, with their original type where
-    Ray can keep it (e.g. `CommandError`)."""
+    in the driver as each task completes. A task's error is raised here as the exception the task raised
+    (same type and message, e.g. a one-line `CommandError`), not as Ray's wrapper of it."""
     from tqdm import tqdm
 
     remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(_in_cwd)
@@ -105,7 +107,7 @@ def run_remote(ray: Any, fn: Callable[..., Any], arg_tuples: Sequence[tuple], de
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             for ref in ready:
-                results[index[ref]] = value = ray.get(ref)
+                results[index[ref]] = value = _get(ray, ref)
                 if on_result is not None:
                     on_result(index[ref], value)
                 bar.update()
@@ -115,6 +117,26 @@ def run_remote(ray: Any, fn: Callable[..., Any], arg_tuples: Sequence[tuple], de
     finally:
         bar.close()
     return results
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    """A task's result; a task's own exception is raised as itself (type and message), not as Ray's
+    wrapper, whose text is a multi-line, colour-coded remote traceback (a user error such as a
+    `CommandError` must stay one line)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise task_cause(exc) from None
+
+
+def task_cause(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, from Ray's wrapper; where Ray could not keep it (unpicklable), a
+    RuntimeError with the first line of the wrapper's text, colour codes removed."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return cause
+    lines = [line.strip() for line in ANSI_ESCAPE.sub("", str(exc)).splitlines() if line.strip()]
+    return RuntimeError(lines[0] if lines else type(exc).__name__)
 
 
 def _cancel(ray: Any, pending: list[Any]) -> None:

@@ -154,8 +154,9 @@ def test_tiny_trace_is_a_clear_error_not_a_hang(tmp_path):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--chunks", "-3"], "--chunks must be >= 0"),
-    (["--chunks", "-1", "--workers", "2"], "--chunks must be >= 0"),
+    (["--chunks", "-3"], "--chunks must be 0 (the whole video) or >= 2"),
+    (["--chunks", "-1", "--workers", "2"], "--chunks must be 0 (the whole video) or >= 2"),
+    (["--chunks", "1"], "--chunks must be 0 (the whole video) or >= 2 (chunk 0 is not scored), got 1"),
     (["--workers", "-2"], "--workers must be >= 0"),
     (["--start-index", "0"], "--start-index must be >= 1"),
 ])
@@ -167,6 +168,44 @@ def test_sim_rejects_bad_options_before_writing(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_sim_refuses_a_video_of_one_chunk(tmp_path, capsys):
+    folder, video = small_inputs(tmp_path)
+    for path in video.iterdir():
+        path.write_text(path.read_text().split()[0] + "\n")
+    assert main(["sim", "--traces", str(folder), "--video", str(video), "--policies", "bba",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 2 chunks" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_sim_refuses_two_traces_of_one_name(tmp_path, capsys):
+    folder, video = small_inputs(tmp_path, traces=2)
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([str(folder / "trace0"), str(folder / "trace1"), str(folder / "trace0")]))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(folder / "trace1", other / "trace1")
+    same_name = tmp_path / "same_name.json"
+    same_name.write_text(json.dumps([str(folder / "trace1"), str(other / "trace1")]))
+    for listing in (twice, same_name):
+        assert main(["sim", "--traces", str(listing), "--video", str(video), "--policies", "bba",
+                     "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "share the name 'trace" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_sim_on_one_trace_has_no_interval(tmp_path, capsys):
+    folder, video = small_inputs(tmp_path, traces=1)
+    out = tmp_path / "o"
+    assert main(["sim", "--traces", str(folder), "--video", str(video), "--policies", "bba", "--workers", "1",
+                 "--out", str(out)]) == 0
+    fig = json.loads((out / "summary.json").read_text())["bba"]
+    assert fig["qoe_ci95_low"] is None and fig["qoe_ci95_high"] is None and fig["mean_qoe"] is not None
+    assert "QoE" in (line := capsys.readouterr().out.splitlines()[0]) and "[no interval: 1 trace]" in line
 
 
 def test_sim_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):

@@ -37,3 +37,28 @@ def test_scores_each_served_window_and_refuses_test_splits(tmp_path: Path) -> No
     assert paired["mean_diff"] == pytest.approx(sum(b - a for a, b in zip(first, second)) / 4)
     with pytest.raises(SystemExit):
         bench.main(["--checkpoint", str(ckpt), "--split", "fcc-test"])
+
+
+def test_refuses_two_trace_sources_and_renamed_test_traces(shared_data: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    with pytest.raises(SystemExit):
+        bench.main(["--trace-dir", str(traces), "--split", "valid"])
+    assert "--split and --trace-dir both name the traces" in capsys.readouterr().err
+    test_trace = sorted((shared_data / "abr" / "traces" / "norway-test").iterdir())[0]
+    shutil.copy(test_trace, traces / "my_own_trace")  # renamed: only its content gives it away
+    with pytest.raises(SystemExit):
+        bench.main(["--trace-dir", str(traces)])
+    err = capsys.readouterr().err
+    assert f"my_own_trace has the content of norway-test trace {test_trace.resolve()}" in err
+    assert "never on a test split" in err
+
+
+def test_a_single_session_has_no_interval(capsys: pytest.CaptureFixture) -> None:
+    [paired] = bench.paired_with_first([{"window": 6, "session_qoe": [0.5]}, {"window": 2, "session_qoe": [0.7]}])
+    assert paired["pairs"] == 1 and paired["ci95_low"] is None and paired["ci95_high"] is None
+    assert "+0.2000 [no interval: 1 session]" in capsys.readouterr().out
+    json.dumps(paired, allow_nan=False)

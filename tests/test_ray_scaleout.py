@@ -41,6 +41,26 @@ def test_local_instance_is_loopback_only_and_returns_in_order() -> None:
     assert not ray.is_initialized()
 
 
+def test_a_failing_task_raises_its_own_exception_not_rays_wrapper(tmp_path: Path) -> None:
+    """A task's error reaches the caller as what the task raised: same type, same one-line message (Ray's
+    wrapper is a multi-line, colour-coded traceback, which the CLI would print for a user error)."""
+    from emulation.abr_sim_cli import trace_paths
+    from traces.bandwidth import TraceError
+    from traces.readers import read_trace
+
+    missing = tmp_path / "nowhere"
+    failing = [(trace_paths, (missing,), CommandError, f"{missing}: neither a trace directory"),
+               (read_trace, (missing,), TraceError, f"{missing}: no such trace file"),
+               (int, ("x",), ValueError, "invalid literal for int() with base 10: 'x'")]
+    with ray_session("local", num_cpus=2) as ray:
+        for fn, args, kind, message in failing:
+            with pytest.raises(kind) as caught:
+                run_remote(ray, fn, [args], "fail", "task")
+            assert type(caught.value) is kind and not isinstance(caught.value, ray.exceptions.RayTaskError)
+            assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+            assert "\x1b[" not in str(caught.value)
+
+
 def _sim(shared_data: Path, traces: Path, out: Path, **options: object) -> Path:
     from emulation.abr_sim_cli import Config, run
 

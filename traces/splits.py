@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def _files(folder: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
-def _digest(path: Path) -> str:
+def trace_digest(path: Path) -> str:
+    """SHA-256 of a trace file's bytes: how the splits recognise the same trace under another name."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -67,9 +69,9 @@ def _compute(root: Path) -> dict[str, tuple[Path, ...]]:
     train_all = _files(root / TRAIN_DIR)
     test = _files(root / TEST_DIR)
     norway = _files(root / NORWAY_DIR)
-    test_digests = {_digest(p) for p in test}
-    train_digests = {_digest(p) for p in train_all}
-    candidates = [p for p in train_all if _digest(p) not in test_digests]
+    test_digests = {trace_digest(p) for p in test}
+    train_digests = {trace_digest(p) for p in train_all}
+    candidates = [p for p in train_all if trace_digest(p) not in test_digests]
     n_valid = round(VALID_FRACTION * len(candidates))
     valid = set(sorted(candidates, key=lambda p: name_rank(p.name))[:n_valid])
     train_names = {p.name for p in train_all}
@@ -77,7 +79,7 @@ def _compute(root: Path) -> dict[str, tuple[Path, ...]]:
         "train": tuple(p for p in candidates if p not in valid),
         "valid": tuple(sorted(valid, key=lambda p: p.name)),
         "fcc-test": tuple(test),
-        "fcc-test-unseen": tuple(p for p in test if _digest(p) not in train_digests),
+        "fcc-test-unseen": tuple(p for p in test if trace_digest(p) not in train_digests),
         "norway-test": tuple(norway),
         "norway-test-unseen": tuple(p for p in norway if recording_of(p.name) not in train_names),
     }
@@ -107,3 +109,13 @@ def evaluation_paths(name: str = "fcc-test", data_dir: Path | None = None) -> li
     if name not in SPLITS[2:]:
         raise SplitError(f"{name!r} is not a test split; test splits: {', '.join(SPLITS[2:])}")
     return split_paths(name, data_dir)
+
+
+def copies_of_test_traces(paths: Iterable[Path], data_dir: Path | None = None) -> list[tuple[Path, str, Path]]:
+    """(path, test split, test trace) for each of `paths` whose bytes are a test-split trace's, whatever its
+    name: training, validation and choices on validation must never see one."""
+    tests: dict[str, tuple[str, Path]] = {}
+    for name in SPLITS[2:]:
+        for test_path in split_paths(name, data_dir):
+            tests.setdefault(trace_digest(test_path), (name, test_path))
+    return [(path, *tests[digest]) for path in paths if (digest := trace_digest(path)) in tests]

@@ -21,7 +21,6 @@ training or checkpoint selection.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -83,15 +82,14 @@ def resolve_traces(spec: str) -> list[Path]:
 
 def check_no_test_traces(paths: list[Path]) -> None:
     """Refuse training or validation traces byte-identical to a test trace (fcc-test, norway-test)."""
-    from traces.splits import trace_root
+    from traces.splits import SplitError, copies_of_test_traces
 
-    root = trace_root()
-    tests = [p for d in ("fcc-test", "norway-test") if (root / d).is_dir() for p in (root / d).iterdir()]
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    test_digests = {digest(p) for p in tests if p.is_file()}
-    leaked = [p.name for p in paths if digest(p) in test_digests]
+    try:
+        leaked = copies_of_test_traces(paths)
+    except SplitError:
+        return  # no test splits on this machine: nothing to leak
     if leaked:
-        raise CommandError(f"{len(leaked)} training/validation traces are test traces (e.g. {leaked[0]}); "
+        raise CommandError(f"{len(leaked)} training/validation traces are test traces (e.g. {leaked[0][0].name}); "
                            "use the project's splits (netllm splits)")
 
 
