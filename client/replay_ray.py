@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from netllm.cli import CommandError
@@ -37,16 +38,19 @@ def run_ray_sessions(jobs: list[Any], address: str, parallel: int,
             _write_files(job.out, result["files"])
         on_done(job, result["summary"])
 
-    with ray_session(address, num_cpus=parallel) as ray:
-        run_remote(ray, session_task, payloads, "replay", "session", on_result=finished)
-    if in_place:
-        from emulation.netns_cleanup import cleanup_stale
+    try:
+        with ray_session(address, num_cpus=parallel) as ray:
+            run_remote(ray, session_task, payloads, "replay", "session", on_result=finished)
+    finally:
+        if in_place:  # above all after a failure or an interrupt, when a shutdown may kill tasks mid-clean-up
+            from emulation.netns_cleanup import cleanup_stale
 
-        cleanup_stale()  # links of tasks that a shutdown killed mid-clean-up (their owner is gone)
+            cleanup_stale()  # links of tasks whose owner is gone
 
 
 def session_task(stream_cfg: Any, trace: Any, start_s: float, out: str | None) -> dict[str, Any]:
     """Task body (on the node): one emulated session; its summary, and its files when not written in place."""
+    from client.replay import setup_failure_summary
     from client.stream import load_session_video
     from emulation.live_session import emulated_session
     from netllm.config import save_config
@@ -60,9 +64,13 @@ def session_task(stream_cfg: Any, trace: Any, start_s: float, out: str | None) -
         video = load_session_video(cfg.video)
         folder.mkdir(parents=True, exist_ok=True)
         save_config(cfg if staging is None else stream_cfg, folder)
-        result = emulated_session(cfg, video, trace, start_s)
+        try:
+            summary = emulated_session(cfg, video, trace, start_s).summary
+        except Exception as exc:  # this session's failed result, as in a serial replay; the others go on
+            job = SimpleNamespace(out=folder, trace=trace, stream_cfg=cfg, start_s=start_s)
+            summary = setup_failure_summary(job, exc)
         files = {} if staging is None else _read_files(folder)
-        return {"summary": result.summary, "files": files, "player_exit_code": result.player_exit_code}
+        return {"summary": summary, "files": files, "player_exit_code": summary.get("player_exit_code")}
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -131,7 +131,7 @@ def emulated_session(cfg: Any, video: Any, trace: BandwidthTrace, start_trace_ti
 
 def _run(cfg: Any, video: Any, trace: BandwidthTrace, start_s: float, link: EmulatedLink,
          info: dict[str, Any]) -> int:
-    from client.session import player_command, player_env
+    from client.session import end_with_parent_hook, player_command, player_env
     from client.stream import player_spec
 
     out = Path(cfg.out)
@@ -145,8 +145,11 @@ def _run(cfg: Any, video: Any, trace: BandwidthTrace, start_s: float, link: Emul
     info["replayer"] = replayer
     info["emulation_setup_s"] = time.monotonic() - t0
     with open(out / "player.log", "ab") as log:
+        # Ends with this process even on SIGKILL (a session runs on its caller's main thread, and the
+        # kernel's parent-death signal follows the thread that started the child).
         player = link.popen("client", player_command(spec_path), "player", cwd=REPO_ROOT, env=player_env(),
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=end_with_parent_hook())
     info["player_started"] = True
     try:
         return _wait_player(player, replayer, EventWatcher(out / "events.jsonl"),
@@ -188,7 +191,7 @@ def _controller(cfg: Any, link: EmulatedLink, out: Path, info: dict[str, Any]) -
 
 
 def _start_server(cfg: Any, link: EmulatedLink, out: Path) -> str:
-    from client.session import player_env
+    from client.session import end_with_parent_hook, player_env
 
     delay_ms = cfg.rtt_ms if link.rtt_method == "server-first-byte-delay" else 0.0
     argv = [sys.executable, "-m", "server.cli", "--media-root", str(Path(cfg.video).resolve()),
@@ -197,7 +200,8 @@ def _start_server(cfg: Any, link: EmulatedLink, out: Path) -> str:
             "--first-byte-delay-ms", f"{delay_ms:g}"]
     with open(out / "server.log", "ab") as log:
         server = link.popen("server", argv, "dash server", cwd=REPO_ROOT, env=player_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                            preexec_fn=end_with_parent_hook())
     line = read_first_line(server, SERVER_START_TIMEOUT_S)
     if not line.startswith("serving http://"):
         server.kill()

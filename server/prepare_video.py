@@ -76,11 +76,30 @@ def _parse_resolution(text: str) -> tuple[int, int]:
     return width, height
 
 
+H264_PROFILES = {0x42: "baseline", 0x4D: "main", 0x58: "extended", 0x64: "high"}
+
+
+def h264_profile(codecs: str) -> str:
+    """The H.264 profile an `avc1.PPCCLL` codecs string names (PP: profile_idc, CC: constraint flags); what
+    the encoder produced, which the preset can make lower than asked (ultrafast has no CABAC: baseline)."""
+    if not codecs.startswith(("avc1.", "avc3.")):
+        return "unknown"
+    try:
+        profile_idc, constraints = int(codecs[5:7], 16), int(codecs[7:9], 16)
+    except ValueError:
+        return "unknown"
+    name = H264_PROFILES.get(profile_idc, f"profile_idc {profile_idc}")
+    return f"constrained {name}" if profile_idc == 0x42 and constraints & 0x40 else name
+
+
 def _gop_frames(cfg: Config) -> int:
     frames = cfg.fps * cfg.chunk_duration_s
     if cfg.fps <= 0 or cfg.chunk_duration_s <= 0 or abs(frames - round(frames)) > 1e-9:
         raise CommandError(f"--fps {cfg.fps} x --chunk-duration-s {cfg.chunk_duration_s} must be a whole "
                            "positive number of frames (segments are cut at fixed keyframes)")
+    duration_ms = cfg.chunk_duration_s * 1000
+    if abs(duration_ms - round(duration_ms)) > 1e-6:  # the MPD states segment durations in milliseconds
+        raise CommandError(f"--chunk-duration-s {cfg.chunk_duration_s} must be a whole number of milliseconds")
     return int(round(frames))
 
 
@@ -240,7 +259,8 @@ def _video_doc(cfg: Config, manifest: Manifest, chunk_sizes: list[list[int]], ve
         "segment_template": MEDIA_TEMPLATE, "start_number": manifest.start_number,
         "source": {"generator": "ffmpeg lavfi", "filter": source_filter(cfg, *_parse_resolution(
             cfg.resolutions[-1])), "fps": cfg.fps, "duration_s": cfg.chunks * cfg.chunk_duration_s},
-        "encoder": {"ffmpeg": version, "codec": "libx264", "profile": "high", "preset": cfg.preset,
+        "encoder": {"ffmpeg": version, "codec": "libx264",
+                    "profiles": [h264_profile(r.codecs) for r in manifest.representations], "preset": cfg.preset,
                     "rate_control": "cbr (b=minrate=maxrate, nal-hrd=cbr)", "vbv_buffer_s": cfg.vbv_buffer_s,
                     "gop_frames": _gop_frames(cfg), "scenecut": 0, "container": "fMP4 (ffmpeg dash muxer)"},
         "settings": _settings(cfg),

@@ -76,6 +76,9 @@ def test_video_json_records_every_segment_file(video_dir: Path) -> None:
     assert not (video_dir / manifest.media_name("0", SMALL_CHUNKS + 1)).exists()
     assert doc["representations"] == [r.id for r in manifest.representations]
     assert doc["encoder"]["gop_frames"] == 96 and doc["source"]["fps"] == 24
+    # the profile the streams have, read from their codecs strings (ultrafast: no CABAC, so baseline)
+    assert doc["encoder"]["profiles"] == [prepare_video.h264_profile(c) for c in doc["codecs"]]
+    assert all(p in ("constrained baseline", "baseline", "main", "high") for p in doc["encoder"]["profiles"])
     assert json.loads((video_dir / "config.json").read_text())["chunks"] == SMALL_CHUNKS
 
 
@@ -151,6 +154,8 @@ def test_missing_or_failing_ffmpeg_is_a_clear_error(tmp_path: Path) -> None:
     ({"ladder_kbps": [200, 100]}, "ascending"),
     ({"fps": 25, "chunk_duration_s": 0.3}, "whole"),
     ({"chunks": 0}, "at least 1"),
+    # 100 frames at 30 fps: whole frames, but the MPD's millisecond durations would round to 3333
+    ({"fps": 30, "chunk_duration_s": 10 / 3}, "milliseconds"),
 ])
 def test_bad_settings_are_refused_before_encoding(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(CommandError, match=message):

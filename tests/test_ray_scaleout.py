@@ -119,3 +119,39 @@ def test_replay_with_ray_local(tmp_path: Path) -> None:
     chunks = pd.read_parquet(out / "chunks.parquet")
     assert len(chunks) == 6 and not chunks.duplicated(["session_id", "chunk_index"]).any()
     assert list(run_dir.glob("*.json")) == []
+
+
+def test_a_ray_session_whose_set_up_fails_is_its_failed_result(tmp_path: Path, monkeypatch) -> None:
+    """As in a serial replay: the failure is the session's result, and the other sessions still run."""
+    import emulation.live_session as live_session
+    from client.replay_ray import session_task
+    from client.stream import Config
+    from traces.generators import constant
+
+    def no_link(*args: object, **kwargs: object) -> object:
+        raise CommandError("emulated link: `ip link add` failed")
+
+    monkeypatch.setattr(live_session, "emulated_session", no_link)
+    monkeypatch.setattr("client.stream.load_session_video", lambda video: None)
+    cfg = Config(video=tmp_path / "video", policy="bba", out=tmp_path / "unused", session_id="s2")
+    result = session_task(cfg, constant(5.0, duration_s=10, name="t"), 0.0, str(tmp_path / "s2"))
+    assert result["player_exit_code"] is None
+    assert "session set-up failed: emulated link" in result["summary"]["error"]
+    assert json.loads((tmp_path / "s2" / "summary.json").read_text())["error"] == result["summary"]["error"]
+
+
+def test_ray_replay_cleans_up_stale_links_even_when_it_fails(monkeypatch) -> None:
+    import emulation.netns_cleanup as netns_cleanup
+    import netllm.raycluster as raycluster
+    from client.replay_ray import run_ray_sessions
+
+    cleaned: list[bool] = []
+    monkeypatch.setattr(netns_cleanup, "cleanup_stale", lambda: cleaned.append(True))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raycluster, "run_remote", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ray_sessions([], "local", 1, lambda job, summary: None)
+    assert cleaned == [True]
