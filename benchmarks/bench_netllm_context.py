@@ -77,15 +77,14 @@ def play(args: argparse.Namespace, window: int) -> dict[str, Any]:
 
 def paired_with_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every window's sessions against the first window's, pair by pair; printed and returned."""
-    from netllm.evaluation import paired_difference
+    from netllm.evaluation import interval_text, paired_difference
 
     first = rows[0]
     out = []
     for row in rows[1:]:
         diff = paired_difference(row["session_qoe"], first["session_qoe"])
         # A single session has a difference but no interval (NaN ends): said so, and null in context.json.
-        interval = ("[no interval: 1 session]" if math.isnan(diff.ci95_low)
-                    else f"[{diff.ci95_low:+.4f}, {diff.ci95_high:+.4f}]")
+        interval = interval_text(diff.ci95_low, diff.ci95_high, "session", signed=True)
         print(f"{row['window']:>3} vs {first['window']} steps: {diff.mean_diff:+.4f} {interval}, "
               f"wins/ties/losses {diff.wins}/{diff.ties}/{diff.losses}, Wilcoxon p {diff.wilcoxon_p:.3g}")
         figures = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(diff).items()}

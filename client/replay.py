@@ -61,6 +61,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -407,6 +408,19 @@ def refuse_used_folders(jobs: list[Any]) -> None:
                                "rows (use a fresh --out, or --resume)")
 
 
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    """What can go wrong in a session's set-up on a working install: the machine's or the network's faults,
+    which are that session's result (never programming errors, which stop the run with their traceback)."""
+    from controller.runner import ControllerLaunchError
+    from emulation.link import LinkError
+    from emulation.mininet_compat import MininetMissing
+
+    return (CommandError, LinkError, MininetMissing, ControllerLaunchError, OSError, subprocess.SubprocessError)
+
+
+SETUP_ERRORS = _setup_errors()
+
+
 def run_serial_session(job: Any, video: Any) -> dict[str, Any]:
     """One session on its own network; a failed set-up (link, controller, server) is this session's failed
     result, with the error, so that the sessions after it still run."""
@@ -415,7 +429,7 @@ def run_serial_session(job: Any, video: Any) -> dict[str, Any]:
     try:
         save_config(job.stream_cfg, job.out)
         return emulated_session(job.stream_cfg, video, job.trace, job.start_s).summary
-    except Exception as exc:  # not KeyboardInterrupt / Terminated: those stop the whole run
+    except SETUP_ERRORS as exc:  # a programming error still stops the run, with its traceback
         return setup_failure_summary(job, exc)
 
 
@@ -433,8 +447,10 @@ def setup_failure_summary(job: Any, exc: Exception) -> dict[str, Any]:
     code = summary.get("player_exit_code")
     summary.update({
         "trace": job.trace.name, "policy": job.stream_cfg.policy, "session_id": job.stream_cfg.session_id,
-        "chunks": summary.get("chunks") or 0, "player_exit_code": code if code else None,
-        "error": f"session set-up failed: {detail}", "trace_start_time_s": job.start_s})
+        # The player's own exit status when it ran (even 0: the failure came after it); None when it never did.
+        "chunks": summary.get("chunks") or 0, "player_exit_code": code,
+        "error": f"session {'tear-down' if code == 0 else 'set-up'} failed: {detail}",
+        "trace_start_time_s": job.start_s})
     Path(job.out).mkdir(parents=True, exist_ok=True)
     write_summary(summary, Path(job.out))
     return summary

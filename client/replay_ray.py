@@ -50,7 +50,7 @@ def run_ray_sessions(jobs: list[Any], address: str, parallel: int,
 
 def session_task(stream_cfg: Any, trace: Any, start_s: float, out: str | None) -> dict[str, Any]:
     """Task body (on the node): one emulated session; its summary, and its files when not written in place."""
-    from client.replay import setup_failure_summary
+    from client.replay import SETUP_ERRORS, setup_failure_summary
     from client.stream import load_session_video
     from emulation.live_session import emulated_session
     from netllm.config import save_config
@@ -66,7 +66,7 @@ def session_task(stream_cfg: Any, trace: Any, start_s: float, out: str | None) -
         save_config(cfg if staging is None else stream_cfg, folder)
         try:
             summary = emulated_session(cfg, video, trace, start_s).summary
-        except Exception as exc:  # this session's failed result, as in a serial replay; the others go on
+        except SETUP_ERRORS as exc:  # this session's failed result, as in a serial replay; the others go on
             job = SimpleNamespace(out=folder, trace=trace, stream_cfg=cfg, start_s=start_s)
             summary = setup_failure_summary(job, exc)
         files = {} if staging is None else _read_files(folder)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
-from netllm.evaluation import map_units, mean_ci95
+from netllm.evaluation import interval_text, map_units, mean_ci95
 
 SUMMARY_KEYS: dict[str, str] = {
     "mean_qoe": "mean over traces of the per-session mean chunk QoE (chunk 0 skipped)",
@@ -267,12 +267,6 @@ def _json_safe(fig: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fig.items()}
 
 
-def _interval_text(low: float, high: float) -> str:
-    if math.isnan(low) or math.isnan(high):
-        return "[no interval: 1 trace]"
-    return f"[{low:.4f}, {high:.4f}]"
-
-
 # ---------------------------------------------------------------------------------------------- command
 
 def _check_policies(names: list[str]) -> None:
@@ -392,7 +386,7 @@ def run(cfg: Config) -> int:
     width = max(len(n) for n in cfg.policies)
     for name in cfg.policies:
         f = figures[name]
-        interval = _interval_text(f["qoe_ci95_low"], f["qoe_ci95_high"])
+        interval = interval_text(f["qoe_ci95_low"], f["qoe_ci95_high"], "trace")
         print(f"{name.ljust(width)}  QoE {f['mean_qoe']:.4f} {interval}"
               f"  bitrate {f['mean_bitrate_kbps']:.0f} kbps  rebuffer {100 * f['rebuffer_ratio']:.2f}%"
               f"  switches {f['switches_per_session']:.1f}")

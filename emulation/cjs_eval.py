@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
-from netllm.evaluation import mean_ci95
+from netllm.evaluation import interval_text, mean_ci95
 
 JOB_COLUMNS: tuple[str, ...] = ("seed", "policy", "job_id", "query", "size", "arrival_s", "completion_s",
                                 "jct_s")
@@ -273,8 +273,7 @@ def run(cfg: Config) -> int:
     for name in cfg.policies:
         s = per_policy[name]
         ref = PUBLISHED_MEAN_JCT_S.get(name)
-        interval = ("[no interval: 1 seed]" if s["jct_ci95_low"] is None
-                    else f"[{s['jct_ci95_low']:.2f}, {s['jct_ci95_high']:.2f}]")
+        interval = interval_text(s["jct_ci95_low"], s["jct_ci95_high"], "seed", digits=2)
         print(f"{name.ljust(width)}  mean JCT {s['mean_jct_s']:7.2f} s  95% CI {interval}  "
               f"{s['jobs_per_wall_s']:.0f} jobs/s"
               + (f"  (published ~{ref})" if ref else ""))

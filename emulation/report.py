@@ -47,6 +47,7 @@ from emulation.report_sources import (chunk_files, condition_differences, read_c
                                       refuse_duplicate_rows, with_session_meta)
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
+from netllm.evaluation import interval_text
 
 
 @dataclass
@@ -318,16 +319,9 @@ def paired_table(sessions: Any, policies: list[str], reference: str) -> Any:
     return pd.DataFrame(rows)
 
 
-def _interval_text(low: float, high: float) -> str:
-    """The 95% interval as printed; a single pair has none (mean_ci95 gives NaN ends)."""
-    if math.isnan(low) or math.isnan(high):
-        return "[no interval: 1 pair]"
-    return f"[{low:+.4f}, {high:+.4f}]"
-
-
 def print_paired(table: Any) -> None:
     for row in table.itertuples():
-        interval = _interval_text(row.ci95_low, row.ci95_high)
+        interval = interval_text(row.ci95_low, row.ci95_high, "pair", signed=True)
         print(f"{row.policy} - {row.reference}: {row.mean_diff:+.4f} {interval} "
               f"over {row.pairs} pairs ({row.sessions_used} of {row.sessions_present} sessions; left out: "
               f"{row.unpaired_sessions} unpaired, {row.nan_sessions} NaN QoE, "

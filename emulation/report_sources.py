@@ -24,6 +24,7 @@ from typing import Any
 
 from client.replay_ledger import FAILED_START_DIR, INTERRUPTED_DIR, RESUME_CHECKED_KEYS
 from netllm.cli import CommandError
+from netllm.config import read_json_object
 
 META_COLUMNS: tuple[str, ...] = ("start_index", "trace_start_time_s", "run_conditions", "source")
 SKIPPED_DIRS = frozenset({INTERRUPTED_DIR, FAILED_START_DIR})
@@ -53,11 +54,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     conditions it should tell would otherwise be silently unknown."""
     if not path.is_file():
         return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(f"{path}: unreadable ({exc})") from None
-    return doc if isinstance(doc, dict) else {}
+    return read_json_object(path, CommandError, "a run's config or summary")
 
 
 # ---------------------------------------------------------------------------------------------- conditions

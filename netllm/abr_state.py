@@ -142,7 +142,8 @@ def parse_observation(doc: Any) -> AbrObservation:
     extra = doc.get("extra", {})
     if not isinstance(extra, dict):
         raise ObservationError("extra", "must be an object")
-    if "last_chunk_qoe" in extra:  # the one extra a policy reads as a number (netllm's return-to-go)
+    # The one extra a policy reads as a number (netllm's return-to-go); null means "not given" (chunk 0).
+    if extra.get("last_chunk_qoe") is not None:
         try:
             qoe = _number(extra, "last_chunk_qoe", -MAX_CHUNK_QOE_ABS, MAX_CHUNK_QOE_ABS)
         except ObservationError as err:

@@ -8,6 +8,7 @@ so the finished folder is made world-readable before it is renamed in.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
@@ -37,8 +38,10 @@ def write_folder_atomically(out_dir: Path, write: Callable[[Path], None], keep_e
         if out_dir.exists() and keep_existing:
             return out_dir
         if out_dir.exists():
+            if _exchange(staging, out_dir):  # one step: out_dir is never missing, staging now holds the old
+                return out_dir
             old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-            out_dir.rename(old)
+            out_dir.rename(old)  # without renameat2 a kill between these two renames leaves only `old`
             staging.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -47,3 +50,19 @@ def write_folder_atomically(out_dir: Path, write: Callable[[Path], None], keep_e
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+RENAME_EXCHANGE = 2
+"""renameat2 flag: swap two paths atomically (Linux 3.15+)."""
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where renameat2 is unavailable (not Linux, old libc,
+    a file system without it), and the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    done = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    return done == 0

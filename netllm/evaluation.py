@@ -146,3 +146,13 @@ def map_units_ray(run_unit: Callable[..., Any], units: Sequence[tuple], initiali
         tasks = [(run_unit, initializer, initargs, shard) for shard in shards if shard]
         results = run_remote(ray, _run_shard, tasks, desc, "shard")
     return [result for shard in results for result in shard]
+
+
+def interval_text(low: float | None, high: float | None, unit: str, signed: bool = False,
+                  digits: int = 4) -> str:
+    """A 95% interval as the commands print it; one `unit` (a trace, a pair, a seed) has none (mean_ci95
+    gives NaN ends, which summaries store as null)."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"[no interval: 1 {unit}]"
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"[{low:{spec}}, {high:{spec}}]"

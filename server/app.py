@@ -23,6 +23,7 @@ import re
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
@@ -271,7 +272,9 @@ def _is_media_path(path: str) -> bool:
 
 
 @web.middleware
-async def media_log_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def media_log_middleware(request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                               ) -> web.StreamResponse:
     """One request-log row per request to /media, whoever answers it: the media handler, the router (404 for
     `/media` itself, 405 for another method) or the preflight middleware. The outermost middleware, so the row
     is written even when the handler is cancelled at shutdown (status then as far as the response got)."""

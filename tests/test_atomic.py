@@ -51,3 +51,18 @@ def test_keep_existing_lets_the_first_writer_win(tmp_path):
     write_folder_atomically(out, _write("second"), keep_existing=True)
     assert (out / "tag.txt").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+def test_replacing_swaps_in_one_step_where_the_kernel_can(tmp_path: Path) -> None:
+    from netllm.atomic import _exchange
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "which").write_text("a")
+    (b / "which").write_text("b")
+    assert _exchange(a, b)  # Linux renameat2: the target is never missing, not even between two renames
+    assert (a / "which").read_text() == "b" and (b / "which").read_text() == "a"
+    write_folder_atomically(b, lambda staging: (staging / "which").write_text("new"))
+    assert (b / "which").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging or old copy left

@@ -65,6 +65,11 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+def test_a_null_last_chunk_qoe_means_not_given(server: tuple[str, int]) -> None:
+    status, body = post_doc(server, observation_doc(extra={"last_chunk_qoe": None}))
+    assert status == 200 and 0 <= body["quality"] < 6
+
+
 def test_valid_request_is_accepted(server: tuple[str, int]) -> None:
     status, body = post_doc(server, observation_doc())
     assert status == 200 and 0 <= body["quality"] < 6

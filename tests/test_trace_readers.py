@@ -257,7 +257,10 @@ def test_mahimahi_bins_are_capped(tmp_path: Path) -> None:
     # 10^14 ms would be 10^11 one-second bins (745 GiB); refused before any allocation.
     with pytest.raises(TraceFileError) as info:
         read_mahimahi(_write(tmp_path, "long", "1\n100000000000000\n"))
-    assert info.value.line == 2 and f"at most {MAX_MAHIMAHI_BINS}" in str(info.value)
+    assert info.value.line == 2 and f"more than {MAX_MAHIMAHI_BINS}" in str(info.value)
+    # A timestamp too large for a float: the same error, not an OverflowError.
+    with pytest.raises(TraceFileError, match=r"huge:2: last timestamp 1000.*\(401 digits\)"):
+        read_mahimahi(_write(tmp_path, "huge", "1\n1" + "0" * 400 + "\n"))
     # The same length with bins big enough is fine.
     assert read_mahimahi(_write(tmp_path, "ok", "1\n100000000000\n"), bin_s=1e6).duration_s == 1e8
 

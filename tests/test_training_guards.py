@@ -357,7 +357,11 @@ def test_train_cjs_writes_only_into_out_unless_exporting(shared_data: Path, no_r
     assert not (no_repo_models / "models").exists()
     load_decima(out / "best")
     assert json.loads((out / "summary.json").read_text())["exported_to"] is None
-    _user_error(capsys, main(["train-cjs", "--out", str(out), *DECIMA_TINY]), "already holds a run")
+    _user_error(capsys, main(["train-cjs", "--out", str(out), *DECIMA_TINY]), "not a new or empty folder")
+    killed = tmp_path / "killed"  # a run killed before best/ existed keeps its config and log too
+    killed.mkdir()
+    (killed / "config.json").write_text("{}")
+    _user_error(capsys, main(["train-cjs", "--out", str(killed), *DECIMA_TINY]), "not a new or empty folder")
     # --export: over a Decima checkpoint (replaced whole), never over another folder
     shipped = tmp_path / "models" / "decima-cjs"
     shutil.copytree(out / "best", shipped)

@@ -153,11 +153,11 @@ def read_mahimahi(path: Path | str, bin_s: float = DEFAULT_MAHIMAHI_BIN_S,
     period_ms = stamps_ms[-1]
     if period_ms <= 0:
         raise TraceFileError(path, last, "the trace spans no time (last timestamp must be > 0 ms)")
-    n_bins = math.ceil(period_ms / (bin_s * 1000.0))
-    if n_bins > MAX_MAHIMAHI_BINS:
-        raise TraceFileError(path, last, f"last timestamp {period_ms} ms makes {n_bins} bins of {bin_s:g} s; "
-                                         f"at most {MAX_MAHIMAHI_BINS} are allowed (a wrong timestamp, or "
-                                         "use a larger bin)")
+    # Compared before any division: a timestamp of hundreds of digits does not fit a float.
+    if period_ms > MAX_MAHIMAHI_BINS * bin_s * 1000.0:
+        shown = period_ms if period_ms < 10**18 else f"{str(period_ms)[:12]}... ({len(str(period_ms))} digits)"
+        raise TraceFileError(path, last, f"last timestamp {shown} ms makes more than {MAX_MAHIMAHI_BINS} bins "
+                                         f"of {bin_s:g} s (a wrong timestamp, or use a larger bin)")
     return _bin_mahimahi(path, name, np.asarray(stamps_ms, dtype=np.int64), period_ms, bin_s * 1000.0)
 
 

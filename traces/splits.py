@@ -112,10 +112,15 @@ def evaluation_paths(name: str = "fcc-test", data_dir: Path | None = None) -> li
 
 
 def copies_of_test_traces(paths: Iterable[Path], data_dir: Path | None = None) -> list[tuple[Path, str, Path]]:
-    """(path, test split, test trace) for each of `paths` whose bytes are a test-split trace's, whatever its
-    name: training, validation and choices on validation must never see one."""
+    """(path, test folder, test trace) for each of `paths` whose bytes are a test trace's (fcc-test,
+    norway-test), whatever its name: training, validation and choices on validation must never see one.
+    Checks whichever test folders exist; SplitError only when none does."""
+    root = trace_root(data_dir)
     tests: dict[str, tuple[str, Path]] = {}
-    for name in SPLITS[2:]:
-        for test_path in split_paths(name, data_dir):
-            tests.setdefault(trace_digest(test_path), (name, test_path))
+    folders = [root / name for name in (TEST_DIR, NORWAY_DIR) if (root / name).is_dir()]
+    if not folders:
+        raise SplitError(f"{root}: neither {TEST_DIR}/ nor {NORWAY_DIR}/ is there to check against")
+    for folder in folders:
+        for test_path in _files(folder):
+            tests.setdefault(trace_digest(test_path), (folder.name, test_path))
     return [(path, *tests[digest]) for path in paths if (digest := trace_digest(path)) in tests]

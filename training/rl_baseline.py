@@ -33,7 +33,7 @@ from netllm.atomic import write_folder_atomically
 from netllm.cli import CommandError
 from netllm.config import arg, save_config, to_jsonable
 from netllm.paths import shared_data_dir
-from training.run_files import check_ranges
+from training.run_files import check_new_out, check_ranges
 
 LOG_COLUMNS = ("step", "wall_s", "entropy", "train_episode_qoe", "valid_mean_qoe")
 
@@ -277,10 +277,7 @@ def _check(cfg: Config) -> None:
     check_ranges(cfg, at_least={"actor_lr": 0, "critic_lr": 0, "entropy_start": 0, "entropy_end": 0,
                                 "eval_every": 1, "hidden": 1, "threads": 1},
                  within={"gamma": (0, 1)})
-    out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CommandError(f"--out {out}: not a new or empty folder (train-rl cannot resume, and never "
-                           "writes into an existing run or a shipped model): choose another --out")
+    check_new_out(Path(cfg.out), "train-rl")
 
 
 def run(cfg: Config) -> int:

@@ -163,3 +163,12 @@ def export_checkpoint(source: Path, target: Path) -> Path:
                 shutil.copy2(src, staging / src.name)
 
     return write_folder_atomically(Path(target), write)
+
+
+def check_new_out(out: Path, command: str) -> None:
+    """CommandError unless `out` is absent or an empty folder: for entry points that cannot resume, so a
+    killed run's config and log are never overwritten, nor a shipped model."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CommandError(f"--out {out}: not a new or empty folder ({command} cannot resume, and never "
+                           "writes into an existing run or a shipped model): choose another --out")

@@ -46,6 +46,7 @@ RESUMABLE = frozenset({
     "pool", "device", "dtype", "micro_batch_size", "grad_accum",
     "valid_max_traces", "valid_starts", "valid_windows", "valid_quantize", "eval_target_quantile",
     "target_quantiles", "serving_windows",  # end-of-run candidates
+    "save_dtype",  # how checkpoints are stored, not what is trained
 })
 FINETUNE_MODES = ("lora", "full", "frozen")
 SAVE_DTYPES = ("float32", "bfloat16", "float16")  # controller.netllm.checkpoint.STORAGE_DTYPES, without torch

@@ -43,7 +43,8 @@ from netllm.atomic import write_folder_atomically
 from netllm.cli import CommandError
 from netllm.config import arg, save_config
 from netllm.paths import REPO_ROOT
-from training.run_files import check_choice, check_export_target, check_ranges, export_checkpoint
+from training.run_files import (check_choice, check_export_target, check_new_out, check_ranges,
+                                 export_checkpoint)
 
 TRAIN_SEED_BASE = 100_000
 VALID_SEED_BASE = 50_000
@@ -159,12 +160,6 @@ def _check_export(cfg: Config) -> None:
         formats = {ncjs.CONFIG_FILE: (ncjs.CONFIG_FILE, ncjs.MODULES_FILE, ncjs.ADAPTER_CONFIG,
                                       ncjs.ADAPTER_WEIGHTS, ncjs.BACKBONE_FILE)}
     check_export_target(Path(cfg.export), formats, "Decima" if cfg.model == "decima" else "NetLLM-CJS")
-
-
-def _check_out(out: Path) -> None:
-    if (out / "best").exists():
-        raise CommandError(f"{out} already holds a run (best/): train-cjs cannot resume, choose another "
-                           "--out")
 
 
 def _load_given_pool(folder: Path) -> Any:
@@ -482,7 +477,7 @@ def run(cfg: Config) -> int:
     from traces.jobs import JobCatalog
 
     _check(cfg)
-    _check_out(Path(cfg.out))
+    check_new_out(Path(cfg.out), "train-cjs")
     # a bad --pool fails before the validation pool is simulated
     given_pool = _load_given_pool(Path(cfg.pool)) if cfg.model == "netllm-cjs" and cfg.pool else None
     torch.set_num_threads(cfg.threads)
