@@ -41,6 +41,8 @@ def run(cfg: ControllerConfig) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if cfg.torch_threads < 0:
         raise CommandError("--torch-threads must be >= 0")
+    if not 0 <= cfg.port <= 65535:  # checked here: bind() would raise OverflowError, not OSError
+        raise CommandError(f"--port must be in 0..65535 (0: any free port), got {cfg.port}")
     if cfg.torch_threads:
         limit_torch_threads(cfg.torch_threads)
     try:

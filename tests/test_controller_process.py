@@ -108,3 +108,13 @@ async def test_async_launch() -> None:
             assert json.loads(resp.read())["default"] == "bola"
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("port", [-5, 65536, 99999])
+def test_a_port_out_of_range_is_a_user_error(port: int) -> None:
+    from controller.app import ControllerConfig
+    from controller.cli import run
+    from netllm.cli import CommandError
+
+    with pytest.raises(CommandError, match="--port must be in 0..65535"):
+        run(ControllerConfig(policy="bba", port=port))

@@ -160,7 +160,8 @@ def load_windows(cfg: Config, split: str, stride: int, limit: int) -> Windows:
         refs = select_split(index_vp_dataset(root), split, cfg.split_scheme)
         batch = make_windows([read_ref(r) for r in refs], WindowSpec(stride=stride))
     except (OSError, ValueError, VpSplitError) as exc:
-        raise CommandError(f"{root}: {exc}") from exc
+        message = str(exc)  # the readers' messages usually name the file already
+        raise CommandError(message if str(root) in message else f"{root}: {message}") from exc
     if len(batch) == 0:
         raise CommandError(f"{root}: the {split} split has no windows (traces too short or split empty)")
     rows = _evenly(len(batch), limit)
