@@ -45,8 +45,9 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Self, Sequence
 
 from emulation.mininet_compat import import_mininet
 from emulation.netns_cleanup import CleanupReport, cleanup_stale, cleanup_state
@@ -160,42 +161,80 @@ def _pick_control_subnet(run_id: str) -> ipaddress.IPv4Network:
     raise LinkError(f"no free /30 left in {CONTROL_POOL} for the control link")
 
 
-class EmulatedLink:
-    """Bring up with `up()` (or `with EmulatedLink(cfg) as link:`), re-rate with `set_rate_kbps`, `down()`."""
+def add_shaper(dev: str, cfg: LinkConfig) -> int:
+    """HTB root + class 1:1 at the start-up rate + the bounded child queue on `dev`; the rate in bit/s."""
+    rate = cfg.initial_rate_kbps
+    run_cmd(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
+    run_cmd(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", *htb_class_args(rate, cfg)])
+    run_cmd(["tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *queue_args(rate, cfg)])
+    return int(round(max(cfg.min_rate_kbit, rate) * 1000))
+
+
+def rerate_shaper(dev: str, rate_kbps: float, cfg: LinkConfig) -> int:
+    """Change `dev`'s class 1:1 in place (queued packets and TCP state survive); the rate in bit/s."""
+    args = htb_class_args(rate_kbps, cfg)
+    change = ["class", "change", "dev", dev, "parent", "1:", "classid", "1:1", *args]
+    if cfg.queue_delay_ms > 0:
+        resize = ["qdisc", "change", "dev", dev, "parent", "1:1", "handle", "10:",
+                  *queue_args(rate_kbps, cfg)]
+        # One tc process for both changes (tc -batch reads commands from stdin).
+        out = subprocess.run(["tc", "-batch", "-"], input=f"{' '.join(change)}\n{' '.join(resize)}\n",
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            commands = f"{' '.join(change)}; {' '.join(resize)}"
+            raise LinkError(f"tc -batch ({commands}) failed: {out.stderr.strip()}")
+    else:
+        run_cmd(["tc", *change])
+    return int(args[2].removesuffix("bit"))
+
+
+def probe_tcp(client_ns: str, listen_ns: str | None, listen_ip: str, timeout_s: float) -> None:
+    """One TCP connection from `client_ns` to a listener on `listen_ip` (in `listen_ns`, or the root
+    namespace) must succeed. (A TCP probe because this machine has no ping.)"""
+    code = (f"import socket; s = socket.socket(); s.bind(({listen_ip!r}, 0)); s.listen(1); "
+            f"print(s.getsockname()[1], flush=True); s.settimeout({timeout_s}); s.accept()")
+    prefix = ["ip", "netns", "exec", listen_ns] if listen_ns else []
+    listener = subprocess.Popen([*prefix, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                stderr=subprocess.DEVNULL)
+    try:
+        port = int(listener.stdout.readline().strip() or 0)  # type: ignore[union-attr]
+        probe = f"import socket; socket.create_connection(({listen_ip!r}, {port}), timeout={timeout_s})"
+        out = run_cmd(["ip", "netns", "exec", client_ns, sys.executable, "-c", probe], check=False)
+        if port == 0 or out.returncode != 0:
+            raise LinkError(f"no TCP connectivity from {client_ns} to {listen_ip}: "
+                            f"{out.stderr.strip()[-300:]}")
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+class ShapedNetwork:
+    """What both emulated networks (`EmulatedLink`, `emulation.multi_link.MultiClientLink`) share: the run
+    state, bring-up and idempotent tear-down, Mininet hosts pinned to named namespaces, the RTT method, the
+    server's TCP route metrics towards a client, and recorded processes. Subclasses build the topology."""
 
     def __init__(self, cfg: LinkConfig | None = None) -> None:
         self.cfg = cfg or LinkConfig()
         self.state: RunState | None = None
         self.net: Any = None
         self.server: Any = None
-        self.client: Any = None
         self.control_ip: str = ""
-        """The root-namespace address the client reaches unshaped (bind the controller here)."""
-        self.client_control_ip: str = ""
+        """The root-namespace address the clients reach unshaped (bind the controller here)."""
         self.rtt_method: str = "none"
-        self.current_rate_bit: int | None = None
         self.cleanup_report: CleanupReport | None = None
+        self._state_lock = threading.Lock()  # run-state saves may come from several session threads
 
-    # -- names ---------------------------------------------------------------------------------------------
     @property
     def prefix(self) -> str:
         assert self.state is not None
         return self.state.prefix
 
     @property
-    def shaped_dev(self) -> str:
-        return f"{self.prefix}b-c"
-
-    @property
     def server_ns(self) -> str:
         return f"{self.prefix}s"
 
-    @property
-    def client_ns(self) -> str:
-        return f"{self.prefix}c"
-
     # -- life cycle ----------------------------------------------------------------------------------------
-    def up(self) -> "EmulatedLink":
+    def up(self) -> Self:
         check_link_config(self.cfg)
         if os.geteuid() != 0:
             raise LinkError("the link emulator needs root (network namespaces, tc)")
@@ -210,66 +249,43 @@ class EmulatedLink:
         return self
 
     def _build(self) -> None:
+        raise NotImplementedError
+
+    def _start_mininet(self) -> Any:
+        """An empty Mininet (Linux-bridge switches, no OpenFlow controller) with the server host added."""
         import_mininet()
         from mininet.log import setLogLevel
         from mininet.net import Mininet
         from mininet.nodelib import LinuxBridge
 
-        state, p = self.state, self.prefix
-        assert state is not None
-        for ns in (self.server_ns, self.client_ns):
-            state.add_namespace(ns)
-        # Root-namespace ends of every veth too: deleting them removes the pairs at once, whereas a deleted
-        # namespace takes its veths down asynchronously.
-        for name in (f"{p}b-s", f"{p}b-c", f"{p}r", f"{p}b"):
-            state.add_root_link(name)
         self._choose_rtt_method()
-        # LinuxBridge warns about bridge-nf-call-iptables at "warning"; connectivity is checked below instead.
+        # LinuxBridge warns about bridge-nf-call-iptables at "warning"; connectivity is checked instead.
         setLogLevel("error")
-        # Mininet.init() would raise host-wide sysctls and rlimits (fixLimits) for large networks; two hosts
-        # need none of that, and this project leaves global settings alone.
+        # Mininet.init() would raise host-wide sysctls and rlimits (fixLimits) for large networks; a few
+        # hosts need none of that, and this project leaves global settings alone.
         Mininet.inited = True
-        net = Mininet(topo=None, build=False, controller=None, switch=LinuxBridge, autoSetMacs=False,
-                      waitConnected=False)
-        self.net = net
-        self.server = net.addHost(self.server_ns, ip=f"{self.cfg.server_ip}/24")
-        self._pin_namespace(self.server)
-        self.client = net.addHost(self.client_ns, ip=f"{self.cfg.client_ip}/24")
-        self._pin_namespace(self.client)
-        bridge = net.addSwitch(f"{p}b", dpid="1")
-        net.addLink(self.server, bridge, intfName1=f"{p}s-eth0", intfName2=f"{p}b-s")
-        net.addLink(self.client, bridge, intfName1=f"{p}c-eth0", intfName2=f"{p}b-c")
-        net.start()
-        # MTU-sized packets through the shaper (see module docstring).
+        self.net = Mininet(topo=None, build=False, controller=None, switch=LinuxBridge, autoSetMacs=False,
+                           waitConnected=False)
+        self.server = self._add_host(self.server_ns, self.cfg.server_ip)
+        return self.net
+
+    def _add_host(self, ns: str, ip: str) -> Any:
+        host = self.net.addHost(ns, ip=f"{ip}/24")
+        # Give the host's (anonymous) namespace its `ip netns` name, to find and remove it later.
+        assert self.state is not None
+        self.state.add_process(host.pid, f"mininet shell {host.name}")
+        run_cmd(["ip", "netns", "attach", host.name, str(host.pid)])
+        return host
+
+    def _tune_server(self) -> None:
+        """After net.start(): MTU-sized packets through the shapers (see module docstring), and the RTT as
+        netem on the server's egress when that is the method."""
+        p = self.prefix
         self._ns_run(self.server_ns, "ip", "link", "set", "dev", f"{p}s-eth0",
                      "gso_max_size", str(self.cfg.mtu), "gso_max_segs", "1")
-        self._tune_tcp()
-        self._add_control_link()
-        self._add_shaper()
-        if self.rtt_method == "netem" and self.cfg.rtt_ms > 0:
+        if self.rtt_method == "netem":
             self._ns_run(self.server_ns, "tc", "qdisc", "add", "dev", f"{p}s-eth0", "root", "netem", "delay",
                          f"{self.cfg.rtt_ms}ms", "limit", "10000")
-        self.check_connectivity()
-
-    def _tune_tcp(self) -> None:
-        """Congestion control and cwnd clamp of the server's connections to the client, as route metrics (a
-        namespace may not pick a congestion control outside the host's allowed list by sysctl)."""
-        p, cfg = self.prefix, self.cfg
-        route = ["ip", "route", "replace", f"{cfg.client_ip}/32", "dev", f"{p}s-eth0"]
-        if cfg.congestion_control:
-            route += ["congctl", cfg.congestion_control]
-        clamp = self.cwnd_clamp_packets()
-        if clamp:
-            route += ["cwnd", "lock", str(clamp)]
-        self._ns_run(self.server_ns, *route)
-
-    def cwnd_clamp_packets(self) -> int:
-        if self.cfg.cwnd_clamp_packets is not None:
-            return self.cfg.cwnd_clamp_packets
-        if self.rtt_method == "netem":
-            return 0
-        packets = self.cfg.queue_packets if self.cfg.queue_delay_ms <= 0 else self.cfg.queue_min_packets
-        return max(4, packets * 3 // 4)
 
     def _choose_rtt_method(self) -> None:
         if self.cfg.rtt_ms <= 0:
@@ -279,86 +295,43 @@ class EmulatedLink:
         else:
             self.rtt_method = "server-first-byte-delay"
 
-    def _pin_namespace(self, host: Any) -> None:
-        """Give the Mininet host's (anonymous) namespace its `ip netns` name, to find and remove it later."""
-        assert self.state is not None
-        self.state.add_process(host.pid, f"mininet shell {host.name}")
-        run_cmd(["ip", "netns", "attach", host.name, str(host.pid)])
+    def cwnd_clamp_packets(self) -> int:
+        """The server's congestion-window clamp towards a client (0: none; see module docstring)."""
+        if self.cfg.cwnd_clamp_packets is not None:
+            return self.cfg.cwnd_clamp_packets
+        if self.rtt_method == "netem":
+            return 0
+        packets = self.cfg.queue_packets if self.cfg.queue_delay_ms <= 0 else self.cfg.queue_min_packets
+        return max(4, packets * 3 // 4)
+
+    def _tune_tcp(self, client_ip: str) -> None:
+        """Congestion control and cwnd clamp of the server's connections to `client_ip`, as route metrics (a
+        namespace may not pick a congestion control outside the host's allowed list by sysctl)."""
+        route = ["ip", "route", "replace", f"{client_ip}/32", "dev", f"{self.prefix}s-eth0"]
+        if self.cfg.congestion_control:
+            route += ["congctl", self.cfg.congestion_control]
+        if clamp := self.cwnd_clamp_packets():
+            route += ["cwnd", "lock", str(clamp)]
+        self._ns_run(self.server_ns, *route)
 
     def _ns_run(self, ns: str, *args: str) -> subprocess.CompletedProcess:
         return run_cmd(["ip", "netns", "exec", ns, *args])
 
-    def _add_control_link(self) -> None:
-        p = self.prefix
-        subnet = _pick_control_subnet(self.state.run_id)  # type: ignore[union-attr]
-        root_ip, client_ip = (str(h) for h in subnet.hosts())
-        run_cmd(["ip", "link", "add", f"{p}r", "type", "veth", "peer", "name", f"{p}c-ctl",
-                 "netns", self.client_ns])
-        run_cmd(["ip", "addr", "add", f"{root_ip}/30", "dev", f"{p}r"])
-        run_cmd(["ip", "link", "set", f"{p}r", "up"])
-        self._ns_run(self.client_ns, "ip", "addr", "add", f"{client_ip}/30", "dev", f"{p}c-ctl")
-        self._ns_run(self.client_ns, "ip", "link", "set", f"{p}c-ctl", "up")
-        self.control_ip, self.client_control_ip = root_ip, client_ip
-
-    def _add_shaper(self) -> None:
-        dev = self.shaped_dev
-        run_cmd(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
-        run_cmd(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1",
-                 *htb_class_args(self.cfg.initial_rate_kbps, self.cfg)])
-        run_cmd(["tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:",
-                 *queue_args(self.cfg.initial_rate_kbps, self.cfg)])
-        self.current_rate_bit = int(round(max(self.cfg.min_rate_kbit, self.cfg.initial_rate_kbps) * 1000))
-
-    def check_connectivity(self, timeout_s: float = 5.0) -> None:
-        """One TCP connection over each path (data via the bridge, control via the root veth).
-        (A TCP probe because this machine has no ping.)"""
-        for listen_ns, listen_ip in ((self.server_ns, self.cfg.server_ip), (None, self.control_ip)):
-            listener = _one_shot_listener(listen_ns, listen_ip, timeout_s)
-            try:
-                port = int(listener.stdout.readline().strip() or 0)  # type: ignore[union-attr]
-                probe = (f"import socket; "
-                         f"socket.create_connection(({listen_ip!r}, {port}), timeout={timeout_s})")
-                out = run_cmd(["ip", "netns", "exec", self.client_ns, sys.executable, "-c", probe],
-                              check=False)
-                if port == 0 or out.returncode != 0:
-                    raise LinkError(f"no TCP connectivity from {self.client_ns} to {listen_ip}: "
-                                    f"{out.stderr.strip()[-300:]}")
-            finally:
-                listener.kill()
-                listener.wait()
-
-    def set_rate_kbps(self, rate_kbps: float) -> int:
-        """Change the downlink rate in place; returns the applied rate in bit/s (after the floor)."""
-        args = htb_class_args(rate_kbps, self.cfg)
-        change = ["class", "change", "dev", self.shaped_dev, "parent", "1:", "classid", "1:1", *args]
-        if self.cfg.queue_delay_ms > 0:
-            resize = ["qdisc", "change", "dev", self.shaped_dev, "parent", "1:1", "handle", "10:",
-                      *queue_args(rate_kbps, self.cfg)]
-            # One tc process for both changes (tc -batch reads commands from stdin).
-            out = subprocess.run(["tc", "-batch", "-"], input=f"{' '.join(change)}\n{' '.join(resize)}\n",
-                                 capture_output=True, text=True, timeout=30)
-            if out.returncode != 0:
-                commands = f"{' '.join(change)}; {' '.join(resize)}"
-                raise LinkError(f"tc -batch ({commands}) failed: {out.stderr.strip()}")
-        else:
-            run_cmd(["tc", *change])
-        self.current_rate_bit = int(args[2].removesuffix("bit"))
-        return self.current_rate_bit
-
-    def popen(self, host: str, argv: Sequence[str], what: str, **kwargs: Any) -> subprocess.Popen:
-        """Start a process in the server or client host (its own session); it is recorded for clean-up."""
-        node = {"server": self.server, "client": self.client}[host]
+    def _popen(self, node: Any, argv: Sequence[str], what: str, **kwargs: Any) -> subprocess.Popen:
+        """Start a process in a host (its own session); it is recorded for clean-up."""
         kwargs.setdefault("stdout", subprocess.DEVNULL)
         kwargs.setdefault("stderr", subprocess.DEVNULL)
-        proc = node.popen(list(argv), **kwargs)
-        assert self.state is not None
-        self.state.add_process(proc.pid, what)
+        with self._state_lock:
+            proc = node.popen(list(argv), **kwargs)
+            assert self.state is not None
+            self.state.add_process(proc.pid, what)
         return proc
 
     def record_process(self, pid: int, what: str) -> None:
         """Record a process started elsewhere (e.g. the controller in the root namespace)."""
-        assert self.state is not None
-        self.state.add_process(pid, what)
+        with self._state_lock:
+            assert self.state is not None
+            self.state.add_process(pid, what)
 
     def down(self) -> CleanupReport | None:
         """Stop every process, remove every namespace, interface and qdisc of this run. Idempotent."""
@@ -379,11 +352,76 @@ class EmulatedLink:
         self.state = None
         return self.cleanup_report
 
-    def __enter__(self) -> "EmulatedLink":
+    def __enter__(self) -> Self:
         return self.up()
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+class EmulatedLink(ShapedNetwork):
+    """Bring up with `up()` (or `with EmulatedLink(cfg) as link:`), re-rate with `set_rate_kbps`, `down()`."""
+
+    def __init__(self, cfg: LinkConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.client: Any = None
+        self.client_control_ip: str = ""
+        self.current_rate_bit: int | None = None
+
+    @property
+    def shaped_dev(self) -> str:
+        return f"{self.prefix}b-c"
+
+    @property
+    def client_ns(self) -> str:
+        return f"{self.prefix}c"
+
+    def _build(self) -> None:
+        state, p = self.state, self.prefix
+        assert state is not None
+        for ns in (self.server_ns, self.client_ns):
+            state.add_namespace(ns)
+        # Root-namespace ends of every veth too: deleting them removes the pairs at once, whereas a deleted
+        # namespace takes its veths down asynchronously.
+        for name in (f"{p}b-s", f"{p}b-c", f"{p}r", f"{p}b"):
+            state.add_root_link(name)
+        net = self._start_mininet()
+        self.client = self._add_host(self.client_ns, self.cfg.client_ip)
+        bridge = net.addSwitch(f"{p}b", dpid="1")
+        net.addLink(self.server, bridge, intfName1=f"{p}s-eth0", intfName2=f"{p}b-s")
+        net.addLink(self.client, bridge, intfName1=f"{p}c-eth0", intfName2=f"{p}b-c")
+        net.start()
+        self._tune_tcp(self.cfg.client_ip)
+        self._add_control_link()
+        self.current_rate_bit = add_shaper(self.shaped_dev, self.cfg)
+        self._tune_server()
+        self.check_connectivity()
+
+    def _add_control_link(self) -> None:
+        p = self.prefix
+        subnet = _pick_control_subnet(self.state.run_id)  # type: ignore[union-attr]
+        root_ip, client_ip = (str(h) for h in subnet.hosts())
+        run_cmd(["ip", "link", "add", f"{p}r", "type", "veth", "peer", "name", f"{p}c-ctl",
+                 "netns", self.client_ns])
+        run_cmd(["ip", "addr", "add", f"{root_ip}/30", "dev", f"{p}r"])
+        run_cmd(["ip", "link", "set", f"{p}r", "up"])
+        self._ns_run(self.client_ns, "ip", "addr", "add", f"{client_ip}/30", "dev", f"{p}c-ctl")
+        self._ns_run(self.client_ns, "ip", "link", "set", f"{p}c-ctl", "up")
+        self.control_ip, self.client_control_ip = root_ip, client_ip
+
+    def check_connectivity(self, timeout_s: float = 5.0) -> None:
+        """One TCP connection over each path (data via the bridge, control via the root veth)."""
+        for listen_ns, listen_ip in ((self.server_ns, self.cfg.server_ip), (None, self.control_ip)):
+            probe_tcp(self.client_ns, listen_ns, listen_ip, timeout_s)
+
+    def set_rate_kbps(self, rate_kbps: float) -> int:
+        """Change the downlink rate in place; returns the applied rate in bit/s (after the floor)."""
+        self.current_rate_bit = rerate_shaper(self.shaped_dev, rate_kbps, self.cfg)
+        return self.current_rate_bit
+
+    def popen(self, host: str, argv: Sequence[str], what: str, **kwargs: Any) -> subprocess.Popen:
+        """Start a process in the server or client host (its own session); it is recorded for clean-up."""
+        return self._popen({"server": self.server, "client": self.client}[host], argv, what, **kwargs)
 
 
 def cleanup_pids_only(state: RunState) -> None:
@@ -394,12 +432,3 @@ def cleanup_pids_only(state: RunState) -> None:
     recorded = [p.pid for p in state.processes if p.pid not in shells and process_alive(p.pid, p.start_ticks)]
     in_ns = [pid for ns in state.namespaces for pid in pids_in_netns(ns) if pid not in shells]
     kill_pids(recorded + in_ns)
-
-
-def _one_shot_listener(ns: str | None, ip: str, timeout_s: float) -> subprocess.Popen:
-    """A process that listens on ip:<free port>, prints the port, accepts one connection and exits."""
-    code = (f"import socket; s = socket.socket(); s.bind(({ip!r}, 0)); s.listen(1); "
-            f"print(s.getsockname()[1], flush=True); s.settimeout({timeout_s}); s.accept()")
-    prefix = ["ip", "netns", "exec", ns] if ns else []
-    return subprocess.Popen([*prefix, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.DEVNULL)

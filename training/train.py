@@ -35,6 +35,7 @@ import numpy as np
 
 from netllm.cli import CommandError
 from netllm.config import arg
+from netllm.tensor_files import STORAGE_DTYPE_NAMES
 from training.run_files import check_choice, check_ranges, check_resume_config, save_run_config
 
 # Options a resumed run may change; every other one defines the model, its optimizer or its data and must
@@ -49,7 +50,7 @@ RESUMABLE = frozenset({
     "save_dtype",  # how checkpoints are stored, not what is trained
 })
 FINETUNE_MODES = ("lora", "full", "frozen")
-SAVE_DTYPES = ("float32", "bfloat16", "float16")  # controller.netllm.checkpoint.STORAGE_DTYPES, without torch
+SAVE_DTYPES = STORAGE_DTYPE_NAMES
 
 LOSS_COLUMNS = ("step", "micro_batches", "samples", "loss", "lr", "grad_norm", "elapsed_s", "valid_loss",
                 "valid_qoe", "best")

@@ -26,32 +26,30 @@ projections, heads) and, for random backbones only (`tiny`), `backbone.safetenso
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
 from controller.cjs.decima import MAX_STAGES, NEG, RUNNABLE_FEATURE, GraphEncoder, mlp
+from controller.netllm.model import LowRankAdaptation, apply_finetune_mode
+from controller.netllm.llm_parts import (  # noqa: F401  (ADAPTER_CONFIG: callers import it from here)
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_FILE, load_body, write_llm_parts)
 from netllm.atomic import write_folder_atomically
+from netllm.tensor_files import read_safetensors
 
 FORMAT = "netllm-cjs"
 CONFIG_FILE = "netllm_cjs_config.json"
 MODULES_FILE = "netllm_cjs_modules.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-BACKBONE_FILE = "backbone.safetensors"
-RANDOM_KINDS = ("tiny", "llama2-7b-shape", "smollm2-random")
 TOKENS_PER_STEP = 4
 FRONTIER_TOKEN = 2
-STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
-class NetLLMCjsConfig:
+class NetLLMCjsConfig(LowRankAdaptation):
     hidden_size: int = 576
     """LLM token width (from the backbone)."""
     num_executors: int = 50
@@ -67,21 +65,6 @@ class NetLLMCjsConfig:
     model is built (see controller.netllm.abr_encoder: tokens start at the scale the LLM knows)."""
     head_width: int = 64
     """The LLM hidden state is projected to this width before the heads."""
-    finetune: str = "lora"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(doc: dict[str, Any]) -> "NetLLMCjsConfig":
-        unknown = set(doc) - {f.name for f in fields(NetLLMCjsConfig)}
-        if unknown:
-            raise ValueError(f"unknown NetLLM-CJS config fields {sorted(unknown)}")
-        return NetLLMCjsConfig(**doc)
 
 
 class NetLLMCjs(nn.Module):
@@ -178,41 +161,15 @@ class NetLLMCjs(nn.Module):
 
 # ------------------------------------------------------------------------------------------- building
 def build_netllm_cjs(cfg: NetLLMCjsConfig, backbone: nn.Module) -> NetLLMCjs:
-    from controller.netllm.model import apply_finetune_mode
-
-    return NetLLMCjs(cfg, apply_finetune_mode(backbone, cfg))  # cfg has the LoRA fields the ABR config has
-
-
-def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-            for k, v in state.items()}
-
-
-def _peft(model: NetLLMCjs) -> Any:
-    return model.backbone if hasattr(model.backbone, "peft_config") else None
+    return NetLLMCjs(cfg, apply_finetune_mode(backbone, cfg))
 
 
 def save_netllm_cjs(model: NetLLMCjs, out_dir: Path, backbone_info: dict[str, Any], storage_dtype: str = "bfloat16",
                     serving: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint folder (replacing an old one only once the new one is complete)."""
-    from peft import get_peft_model_state_dict
-
-    dtype = STORAGE_DTYPES[storage_dtype]
-
     def write(staging: Path) -> None:
-        save_file(_cast(model.module_state(), dtype), str(staging / MODULES_FILE), metadata={"format": "pt"})
-        files = [MODULES_FILE]
-        peft_model = _peft(model)
-        if peft_model is not None:
-            peft_model.peft_config["default"].save_pretrained(str(staging))
-            save_file(_cast(get_peft_model_state_dict(peft_model), dtype), str(staging / ADAPTER_WEIGHTS),
-                      metadata={"format": "pt"})
-            files += [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
-        if backbone_info["kind"] in RANDOM_KINDS:
-            body = peft_model.get_base_model() if peft_model is not None else model.backbone
-            state = {k.replace(".base_layer.", "."): v for k, v in body.state_dict().items() if "lora_" not in k}
-            save_file(_cast(state, dtype), str(staging / BACKBONE_FILE), metadata={"format": "pt"})
-            files.append(BACKBONE_FILE)
+        files = write_llm_parts(staging, model.backbone, model.module_state(), MODULES_FILE,
+                                model.cfg.finetune, backbone_info, storage_dtype)
         doc = {"format": FORMAT, "format_version": 1, "model": model.cfg.to_json(), "backbone": backbone_info,
                "storage_dtype": storage_dtype, "files": sorted(files), "serving": serving or {},
                "training": training or {}}
@@ -222,17 +179,12 @@ def save_netllm_cjs(model: NetLLMCjs, out_dir: Path, backbone_info: dict[str, An
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors has its own error types
-        raise ValueError(f"{path}: missing or not a readable safetensors file ({exc})") from exc
+    return read_safetensors(path, ValueError)
 
 
 def load_netllm_cjs(ckpt_dir: Path, device: str = "cpu") -> tuple[NetLLMCjs, dict[str, Any]]:
     """The model in eval mode (LoRA merged into the body for serving) and the config document."""
     from peft import set_peft_model_state_dict
-
-    from controller.netllm.backbone import BackboneSpec, load_backbone
 
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / CONFIG_FILE
@@ -243,12 +195,7 @@ def load_netllm_cjs(ckpt_dir: Path, device: str = "cpu") -> tuple[NetLLMCjs, dic
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     cfg = NetLLMCjsConfig.from_json(doc["model"])
-    saved = doc["backbone"]
-    spec = BackboneSpec.parse(saved["path"]) if saved["kind"] == "path" else BackboneSpec(saved["kind"])
-    body, info = load_backbone(spec, device=device, dtype="fp32")
-    if saved["kind"] not in RANDOM_KINDS and info.sha256 != saved.get("sha256"):
-        raise ValueError(f"{path}: backbone fingerprint {info.sha256[:12]} differs from the trained-on "
-                         f"{str(saved.get('sha256'))[:12]}")
+    body, _ = load_body(doc.get("backbone"), path, device, "fp32", ValueError)
     if BACKBONE_FILE in doc["files"]:
         body.load_state_dict({k: v.float() for k, v in _tensors(ckpt_dir / BACKBONE_FILE).items()})
     model = build_netllm_cjs(cfg, body)

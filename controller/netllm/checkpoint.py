@@ -22,68 +22,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from controller.netllm.backbone import BackboneError, BackboneSpec, load_backbone
+from controller.netllm.llm_parts import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_FILE, RANDOM_KINDS,
+                                         STORAGE_DTYPES, load_body, peft_of, write_llm_parts)
 from controller.netllm.model import NetLLMAbr, NetLLMConfig, build_model
 from netllm.atomic import write_folder_atomically
+from netllm.tensor_files import load_checked, read_safetensors
 
 FORMAT = "netllm-abr"
 FORMAT_VERSION = 1
 CONFIG_FILE = "netllm_config.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODULES_FILE = "netllm_modules.safetensors"
-BACKBONE_FILE = "backbone.safetensors"
-RANDOM_KINDS = ("tiny", "llama2-7b-shape", "smollm2-random")
-STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_FILE, RANDOM_KINDS and STORAGE_DTYPES (llm_parts) are imported
+# from here by callers too.
 
 
 class CheckpointError(ValueError):
     """An unusable checkpoint folder; the message names the file."""
 
 
-def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-            for k, v in state.items()}
-
-
-def _peft(model: NetLLMAbr) -> Any:
-    return model.backbone if hasattr(model.backbone, "peft_config") else None
-
-
-def _backbone_state(model: NetLLMAbr) -> dict[str, torch.Tensor]:
-    """The body's own weights under their plain names (PEFT renames wrapped layers to `*.base_layer.*`)."""
-    body = model.backbone.get_base_model() if _peft(model) is not None else model.backbone
-    return {k.replace(".base_layer.", "."): v for k, v in body.state_dict().items() if "lora_" not in k}
-
-
 def save_checkpoint(model: NetLLMAbr, out_dir: Path, backbone_info: dict[str, Any],
                     storage_dtype: str = "float32", serving: dict[str, Any] | None = None,
                     training: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint folder atomically (a crash leaves the previous one in place)."""
-    from peft import get_peft_model_state_dict
-
     if storage_dtype not in STORAGE_DTYPES:
         raise CheckpointError(f"storage dtype {storage_dtype!r}: use one of {sorted(STORAGE_DTYPES)}")
-    dtype = STORAGE_DTYPES[storage_dtype]
+    modules = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    modules.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
 
     def write(staging: Path) -> None:
-        files = [MODULES_FILE]
-        modules = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-        modules.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
-        save_file(_cast(modules, dtype), str(staging / MODULES_FILE), metadata={"format": "pt"})
-        peft_model = _peft(model)
-        if peft_model is not None:
-            peft_model.peft_config["default"].save_pretrained(str(staging))
-            adapter = get_peft_model_state_dict(peft_model)
-            save_file(_cast(adapter, dtype), str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-            files += [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
-        if model.cfg.finetune == "full" or backbone_info["kind"] in RANDOM_KINDS:
-            save_file(_cast(_backbone_state(model), dtype), str(staging / BACKBONE_FILE),
-                      metadata={"format": "pt"})
-            files.append(BACKBONE_FILE)
+        files = write_llm_parts(staging, model.backbone, modules, MODULES_FILE, model.cfg.finetune,
+                                backbone_info, storage_dtype)
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.cfg.to_json(),
                "backbone": backbone_info, "storage_dtype": storage_dtype, "files": sorted(files),
                "serving": serving or {}, "training": training or {}}
@@ -113,54 +83,12 @@ def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return read_safetensors(path, CheckpointError)
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path,
+def _load_into(module: nn.Module | "_Renamed", state: dict[str, torch.Tensor], source: Path,
                may_lack: tuple[str, ...] = ()) -> None:
-    """Load `state` into `module`; every tensor must match, except that the names in `may_lack` may be
-    absent from `state` (they keep the module's initial values)."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state) - set(may_lack))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: tensors do not match the model (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]})")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(own[name].shape):
-            raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, model wants "
-                                  f"{tuple(own[name].shape)}")
-    state = {k: v.to(own[k].dtype) for k, v in state.items()}
-    if may_lack:
-        module.load_state_dict(state, strict=False)  # the absent ones keep their initial values
-    else:
-        module.load_state_dict(state)
-
-
-def _backbone_for(doc: dict[str, Any], ckpt_dir: Path, device: str, dtype: str,
-                  backbone_path: str | None, check_fingerprint: bool) -> tuple[nn.Module, dict[str, Any]]:
-    saved = doc["backbone"]
-    kind = saved.get("kind")
-    if kind == "path":
-        folder = backbone_path or saved.get("path", "")
-        spec = BackboneSpec.parse(folder)
-    else:
-        spec = BackboneSpec(kind)
-    try:
-        body, info = load_backbone(spec, device=device, dtype=dtype)
-    except BackboneError as exc:
-        raise CheckpointError(f"{ckpt_dir / CONFIG_FILE}: backbone {kind} {saved.get('path', '')}: {exc}"
-                              ) from exc
-    if check_fingerprint and kind not in RANDOM_KINDS and info.sha256 != saved.get("sha256"):
-        raise CheckpointError(f"{ckpt_dir / CONFIG_FILE}: the backbone found ({info.path}) has fingerprint "
-                              f"{info.sha256[:12]}..., the checkpoint was trained on "
-                              f"{str(saved.get('sha256'))[:12]}...")
-    return body, info.to_json()
+    load_checked(module, state, source, CheckpointError, may_lack)
 
 
 def load_weights(model: NetLLMAbr, ckpt_dir: Path, may_lack: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -171,7 +99,8 @@ def load_weights(model: NetLLMAbr, ckpt_dir: Path, may_lack: tuple[str, ...] = (
     ckpt_dir = Path(ckpt_dir)
     doc = read_checkpoint_config(ckpt_dir)
     if BACKBONE_FILE in doc["files"]:
-        body = model.backbone.get_base_model() if _peft(model) is not None else model.backbone
+        peft_model = peft_of(model.backbone)
+        body = peft_model.get_base_model() if peft_model is not None else model.backbone
         state = {k: v for k, v in _tensors(ckpt_dir / BACKBONE_FILE).items()}
         own = {k.replace(".base_layer.", "."): k for k in body.state_dict() if "lora_" not in k}
         _load_into(_Renamed(body, own), state, ckpt_dir / BACKBONE_FILE)
@@ -213,7 +142,8 @@ def load_checkpoint(ckpt_dir: Path, device: str = "auto", dtype: str = "auto", m
         cfg = NetLLMConfig.from_json(doc["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt_dir / CONFIG_FILE}: bad model config ({exc})") from exc
-    body, info = _backbone_for(doc, ckpt_dir, device, dtype, backbone_path, check_fingerprint)
+    body, info = load_body(doc["backbone"], ckpt_dir / CONFIG_FILE, device, dtype, CheckpointError,
+                           backbone_path, check_fingerprint)
     model = build_model(cfg, body)
     load_weights(model, ckpt_dir)
     if merge_lora and cfg.finetune == "lora":

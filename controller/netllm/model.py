@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -28,7 +28,31 @@ FINETUNE_MODES = ("lora", "full", "frozen")
 
 
 @dataclass
-class NetLLMConfig:
+class LowRankAdaptation:
+    """How the LLM body is fine-tuned: the fields every NetLLM task's model config (ABR, VP, CJS) shares, and
+    its JSON round trip."""
+
+    finetune: str = "lora"
+    """lora: LoRA on the attention projections, rest of the body frozen; full: every weight trains;
+    frozen: only the task's encoder and heads train."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Self:
+        unknown = sorted(set(doc) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        return cls(**doc)
+
+
+@dataclass
+class NetLLMConfig(LowRankAdaptation):
     hidden_size: int = 576
     """LLM token width (taken from the backbone)."""
     levels: int = LEVELS
@@ -47,24 +71,6 @@ class NetLLMConfig:
     return_bypass: bool = False
     """Also add R_t x a learned direction to the return token after the encoder's LayerNorm (zero at the
     start), so the size of the return asked for is not normalised away (controller.netllm.abr_encoder)."""
-    finetune: str = "lora"
-    """lora: LoRA on the attention projections, rest of the body frozen; full: every weight trains;
-    frozen: only the encoder and head train."""
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(doc: dict[str, Any]) -> "NetLLMConfig":
-        known = {f.name for f in fields(NetLLMConfig)}
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise ValueError(f"netllm_config.json: unknown model fields {unknown}")
-        return NetLLMConfig(**doc)
 
 
 def _lora_targets(backbone: nn.Module, wanted: list[str]) -> list[str]:
@@ -79,7 +85,7 @@ def _lora_targets(backbone: nn.Module, wanted: list[str]) -> list[str]:
     return found
 
 
-def apply_finetune_mode(backbone: nn.Module, cfg: NetLLMConfig) -> nn.Module:
+def apply_finetune_mode(backbone: nn.Module, cfg: LowRankAdaptation) -> nn.Module:
     """Wrap the body with LoRA (peft) or set which of its weights train."""
     if cfg.finetune not in FINETUNE_MODES:
         raise ValueError(f"finetune {cfg.finetune!r}: use one of {FINETUNE_MODES}")

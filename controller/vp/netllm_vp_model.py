@@ -21,23 +21,23 @@ Checkpoint folder (the project's checkpoint style, safetensors + JSON, never pic
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from controller.netllm.backbone import BackboneError, BackboneSpec, load_backbone
-from controller.netllm.checkpoint import RANDOM_KINDS
-from controller.netllm.model import apply_finetune_mode
+from controller.netllm.llm_parts import (  # noqa: F401  (ADAPTER_CONFIG: callers import it from here)
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_FILE, load_body, write_llm_parts)
+from controller.netllm.model import LowRankAdaptation, apply_finetune_mode
 from controller.vp.track import (
     FORMAT_VERSION,
     INPUT_FEATURES,
     OFFSET_SCALE_DEG,
     VpCheckpointError,
-    cast_state,
     check_encoding,
+    check_storage_dtype,
     encoding_json,
     load_state_strict,
     read_json_config,
@@ -48,14 +48,11 @@ from traces.headmove import HISTORY_LEN, HORIZON_LEN
 
 VP_FORMAT = "netllm-vp"
 CONFIG_FILE = "netllm_vp_config.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODULES_FILE = "netllm_vp_modules.safetensors"
-BACKBONE_FILE = "backbone.safetensors"
 
 
 @dataclass
-class NetllmVpConfig:
+class NetllmVpConfig(LowRankAdaptation):
     hidden_size: int = 576
     """LLM token width (taken from the backbone)."""
     history_len: int = HISTORY_LEN
@@ -64,22 +61,6 @@ class NetllmVpConfig:
     """Width of the per-sample MLP before the projection to the LLM's width."""
     head_channels: int = 256
     """Width of the regression head's hidden layer."""
-    finetune: str = "lora"
-    """lora (LoRA on attention, body frozen), full, or frozen (encoder and head only)."""
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(doc: dict[str, Any]) -> "NetllmVpConfig":
-        unknown = sorted(set(doc) - {f.name for f in fields(NetllmVpConfig)})
-        if unknown:
-            raise ValueError(f"unknown NetLLM-VP model fields {unknown}")
-        return NetllmVpConfig(**doc)
 
 
 class NetllmVp(nn.Module):
@@ -128,43 +109,22 @@ class NetllmVp(nn.Module):
 def build_netllm_vp(cfg: NetllmVpConfig, backbone: nn.Module) -> NetllmVp:
     """Fine-tuning mode applied to the body; encoder and head in float32 on the body's device."""
     device = next(backbone.parameters()).device
-    model = NetllmVp(cfg, apply_finetune_mode(backbone, cfg))  # type: ignore[arg-type]  # same LoRA fields
+    model = NetllmVp(cfg, apply_finetune_mode(backbone, cfg))
     model.encoder.to(device)
     model.head.to(device)
     return model
 
 
-def _peft(model: NetllmVp) -> Any:
-    return model.backbone if hasattr(model.backbone, "peft_config") else None
-
-
-def _body_state(model: NetllmVp) -> dict[str, torch.Tensor]:
-    """The body's own weights under plain names (PEFT renames wrapped layers `*.base_layer.*`)."""
-    body = model.backbone.get_base_model() if _peft(model) is not None else model.backbone
-    return {k.replace(".base_layer.", "."): v for k, v in body.state_dict().items() if "lora_" not in k}
-
-
 def save_netllm_vp(model: NetllmVp, out_dir: Path, backbone_info: dict[str, Any],
                    storage_dtype: str = "bfloat16", training: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint folder atomically."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    check_storage_dtype(storage_dtype)
+    modules = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    modules.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
 
     def write(folder: Path) -> None:
-        files = [MODULES_FILE]
-        modules = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-        modules.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
-        save_file(cast_state(modules, storage_dtype), str(folder / MODULES_FILE), metadata={"format": "pt"})
-        peft_model = _peft(model)
-        if peft_model is not None:
-            peft_model.peft_config["default"].save_pretrained(str(folder))
-            adapter = cast_state(get_peft_model_state_dict(peft_model), storage_dtype)
-            save_file(adapter, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-            files += [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
-        if model.cfg.finetune == "full" or backbone_info["kind"] in RANDOM_KINDS:
-            save_file(cast_state(_body_state(model), storage_dtype), str(folder / BACKBONE_FILE),
-                      metadata={"format": "pt"})
-            files.append(BACKBONE_FILE)
+        files = write_llm_parts(folder, model.backbone, modules, MODULES_FILE, model.cfg.finetune,
+                                backbone_info, storage_dtype)
         doc = {"format": VP_FORMAT, "format_version": FORMAT_VERSION, "model": model.cfg.to_json(),
                "backbone": backbone_info, "storage_dtype": storage_dtype, "files": sorted(files),
                "encoding": encoding_json(), "training": training or {}}
@@ -175,24 +135,11 @@ def save_netllm_vp(model: NetllmVp, out_dir: Path, backbone_info: dict[str, Any]
 
 def _load_body(doc: dict[str, Any], ckpt_dir: Path, device: str, dtype: str, backbone_path: str | None
                ) -> tuple[nn.Module, dict[str, Any]]:
-    source = ckpt_dir / CONFIG_FILE
-    saved = doc.get("backbone")
-    if not isinstance(saved, dict) or "kind" not in saved:
-        raise VpCheckpointError(f"{source}: missing the backbone it was trained on")
-    kind = saved["kind"]
-    try:
-        spec = BackboneSpec.parse(backbone_path or saved.get("path", "")) if kind == "path" else \
-            BackboneSpec(kind)
-        body, info = load_backbone(spec, device=device, dtype=dtype)
-    except BackboneError as exc:
-        raise VpCheckpointError(f"{source}: backbone {kind} {saved.get('path', '')}: {exc}") from exc
-    if kind not in RANDOM_KINDS and info.sha256 != saved.get("sha256"):
-        raise VpCheckpointError(f"{source}: the backbone found ({info.path}) has fingerprint "
-                                f"{info.sha256[:12]}..., the checkpoint was trained on "
-                                f"{str(saved.get('sha256'))[:12]}...")
+    body, info = load_body(doc.get("backbone"), ckpt_dir / CONFIG_FILE, device, dtype, VpCheckpointError,
+                           backbone_path)
     if BACKBONE_FILE in doc["files"]:
         load_state_strict(body, read_tensors(ckpt_dir / BACKBONE_FILE), ckpt_dir / BACKBONE_FILE)
-    return body, info.to_json()
+    return body, info
 
 
 def load_netllm_vp(ckpt_dir: Path, device: str = "cpu", dtype: str = "auto", merge_lora: bool = True,

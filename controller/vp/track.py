@@ -39,6 +39,7 @@ from controller.vp.policies import VpContext, VpPolicy, check_histories, normali
 from netllm.atomic import write_folder_atomically
 from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
+from netllm.tensor_files import STORAGE_DTYPE_NAMES, cast_for_storage, load_checked, read_safetensors
 from traces.headmove import HISTORY_LEN, HORIZON_LEN, wrap_deg
 
 OFFSET_SCALE_DEG = 20.0
@@ -48,7 +49,6 @@ TRACK_FORMAT = "netllm-vp-track"
 FORMAT_VERSION = 1
 TRACK_CONFIG_FILE = "track_config.json"
 TRACK_WEIGHTS = "track_model.safetensors"
-STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "track-jin2022"
 
 
@@ -124,38 +124,23 @@ def read_json_config(path: Path, fmt: str) -> dict[str, Any]:
 
 
 def read_tensors(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise VpCheckpointError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise VpCheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return read_safetensors(path, VpCheckpointError)
 
 
 def load_state_strict(module: Any, state: dict[str, Any], source: Path) -> None:
     """Load tensors whose names and shapes must match the module exactly; cast to the module's dtypes."""
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise VpCheckpointError(f"{source}: tensors do not match the model (missing {missing[:5]}, "
-                                f"unexpected {unexpected[:5]})")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(own[name].shape):
-            raise VpCheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model wants "
-                                    f"{tuple(own[name].shape)}")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    load_checked(module, state, source, VpCheckpointError)
+
+
+def check_storage_dtype(storage_dtype: str) -> None:
+    if storage_dtype not in STORAGE_DTYPE_NAMES:
+        raise VpCheckpointError(f"storage dtype {storage_dtype!r}: use one of "
+                                f"{', '.join(STORAGE_DTYPE_NAMES)}")
 
 
 def cast_state(state: dict[str, Any], storage_dtype: str) -> dict[str, Any]:
-    import torch
-
-    if storage_dtype not in STORAGE_DTYPES:
-        raise VpCheckpointError(f"storage dtype {storage_dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
-    dtype = getattr(torch, storage_dtype)
-    return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-            for k, v in state.items()}
+    check_storage_dtype(storage_dtype)
+    return cast_for_storage(state, storage_dtype)
 
 
 # -- the TRACK-style model -----------------------------------------------------------------------------------
