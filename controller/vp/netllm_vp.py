@@ -15,17 +15,14 @@ runs predictions on its worker thread (`blocking = True`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from controller.vp.policies import VpContext, VpPolicy, check_histories
-from controller.vp.track import fit_horizon, offsets_to_poses, predict_offsets, resolve_checkpoint
+from controller.vp.track import LearnedVpPolicy, fit_horizon, predict_offsets, resolve_checkpoint
 from controller.model_cache import load_once
 from netllm.paths import REPO_ROOT
-from traces.headmove import HISTORY_LEN, HORIZON_LEN
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "netllm-vp-smollm2"
 
@@ -40,10 +37,8 @@ def shared_model(path: Path, device: str, backbone_path: str | None, merge_lora:
                                             backbone_path=backbone_path))
 
 
-class NetllmVpPolicy(VpPolicy):
+class NetllmVpPolicy(LearnedVpPolicy):
     name: ClassVar[str] = "netllm-vp"
-    blocking: ClassVar[bool] = True
-    history_len: ClassVar[int | None] = HISTORY_LEN
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu",
                  backbone_path: str | None = None, merge_lora: bool = True) -> None:
@@ -54,17 +49,6 @@ class NetllmVpPolicy(VpPolicy):
         self.model, self.meta = shared_model(path, device, backbone_path, bool(merge_lora))
         self.checkpoint = path
 
-    @classmethod
-    def from_model(cls, model: Any) -> "NetllmVpPolicy":
-        """A policy around an in-memory model (validation during training, tests)."""
-        policy = cls.__new__(cls)
-        policy.model, policy.meta, policy.checkpoint = model, {}, None
-        return policy
-
-    def predict_batch(self, histories_deg: np.ndarray, horizon: int = HORIZON_LEN,
-                      contexts: Sequence[VpContext] | None = None) -> np.ndarray:
-        history = check_histories(histories_deg, self)
-        if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
-        offsets = predict_offsets(self.model, history, batch_size=64)
-        return offsets_to_poses(history, fit_horizon(offsets, int(horizon)))
+    def offsets(self, history_deg: np.ndarray, horizon: int) -> np.ndarray:
+        # One pass predicts the trained horizon; fit_horizon cuts it or holds its last pose.
+        return fit_horizon(predict_offsets(self.model, history_deg, batch_size=64), horizon)

@@ -31,7 +31,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -269,10 +269,37 @@ def predict_offsets(model: Any, histories_deg: np.ndarray, horizon: int | None =
     return np.concatenate(outputs) if outputs else np.zeros((0, horizon or 0, 3))
 
 
-class TrackPolicy(VpPolicy):
-    name: ClassVar[str] = "track"
+class LearnedVpPolicy(VpPolicy):
+    """A VP policy around a trained offset model (TRACK, NetLLM-VP): built from a checkpoint by the subclass
+    or around an in-memory model (`from_model`); `offsets` says how the model predicts."""
+
     blocking: ClassVar[bool] = True
     history_len: ClassVar[int | None] = HISTORY_LEN
+    model: Any
+    meta: dict[str, Any]
+    checkpoint: Path | None
+
+    @classmethod
+    def from_model(cls, model: Any) -> Self:
+        """A policy around an in-memory model (validation during training, tests)."""
+        policy = cls.__new__(cls)
+        policy.model, policy.meta, policy.checkpoint = model, {}, None
+        return policy
+
+    def offsets(self, history_deg: np.ndarray, horizon: int) -> np.ndarray:
+        """(N, horizon, 3) offsets in degrees from each history's last pose."""
+        raise NotImplementedError
+
+    def predict_batch(self, histories_deg: np.ndarray, horizon: int = HORIZON_LEN,
+                      contexts: Sequence[VpContext] | None = None) -> np.ndarray:
+        history = check_histories(histories_deg, self)
+        if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        return offsets_to_poses(history, self.offsets(history, int(horizon)))
+
+
+class TrackPolicy(LearnedVpPolicy):
+    name: ClassVar[str] = "track"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
         path = resolve_checkpoint(checkpoint, "NETLLM_VP_TRACK_CHECKPOINT", DEFAULT_CHECKPOINT,
@@ -281,17 +308,5 @@ class TrackPolicy(VpPolicy):
                                           lambda: load_track_checkpoint(path, device))
         self.checkpoint = path
 
-    @classmethod
-    def from_model(cls, model: Any) -> "TrackPolicy":
-        """A policy around an in-memory model (validation during training, tests)."""
-        policy = cls.__new__(cls)
-        policy.model, policy.meta, policy.checkpoint = model, {}, None
-        return policy
-
-    def predict_batch(self, histories_deg: np.ndarray, horizon: int = HORIZON_LEN,
-                      contexts: Sequence[VpContext] | None = None) -> np.ndarray:
-        history = check_histories(histories_deg, self)
-        if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
-        offsets = predict_offsets(self.model, history, int(horizon))
-        return offsets_to_poses(history, offsets)
+    def offsets(self, history_deg: np.ndarray, horizon: int) -> np.ndarray:
+        return predict_offsets(self.model, history_deg, horizon)
