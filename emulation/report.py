@@ -31,6 +31,13 @@ before and after a change, are then plotted and paired like two policies (e.g. `
 runs/random-body/fcc-test=random --reference netllm` pairs `random/netllm` with `netllm`). Only sessions on
 the same trace from the same start are paired, under the run conditions above.
 
+With `--qoe log` or `--qoe hd` every session is scored under that variant of Pensieve's evaluation instead of
+the logged linear QoE (`netllm.qoe.QOE_VARIANTS`, recomputed from each chunk's bitrate and stall): the plots,
+tables, summary and paired comparisons all use it, and the components plot splits it into its utility, stall
+and switch terms. `log` takes the ladder's lowest bitrate from the chunks played at quality 0 (or
+`--min-bitrate-kbps`); `hd` is defined for Pensieve's ladder only and refuses other bitrates. Policies still
+decide on the linear QoE; this changes how sessions are scored, not how they were played.
+
 Two rows for one (session id, chunk) are refused, naming their files (two traces of one name, or a session
 folder read twice); a replay's `interrupted/` and `failed_starts/` folders hold no results and are not read.
 """
@@ -61,6 +68,10 @@ class Config:
                                   "traces (paired.csv; default: no paired comparison)")
     compare: list[str] = arg([], help="more results folders, each DIR or DIR=LABEL; their policies are shown "
                                       "and paired as LABEL/policy (LABEL: the folder's name)")
+    qoe: str = arg("lin", help="QoE variant to score sessions with: lin (the logged QoE), log or hd "
+                               "(Pensieve's other two, recomputed from each chunk's bitrate and stall)")
+    min_bitrate_kbps: float = arg(0.0, help="--qoe log: the ladder's lowest bitrate (default: the bitrate of "
+                                            "the chunks played at quality 0)")
 
 
 def load_chunks(results: Path) -> Any:
@@ -109,17 +120,48 @@ def load_compared(results: Path, compare: list[str]) -> Any:
     return pd.concat(frames, ignore_index=True)
 
 
-def session_table(chunks: Any) -> Any:
-    """One row per session: policy, trace, chunks, mean QoE (chunk 0 skipped), bitrate, stalls, switches."""
+def lowest_bitrate_kbps(chunks: Any, given_kbps: float) -> float:
+    """QoE log's R_min: `given_kbps` when > 0, else the bitrate of the chunks played at quality 0."""
+    if given_kbps > 0:
+        return given_kbps
+    rung0 = chunks.loc[chunks["quality"] == 0, "bitrate_kbps"].unique()
+    if len(rung0) != 1:
+        found = "no chunk" if not len(rung0) else f"chunks at {sorted(rung0.tolist())} kbps"
+        raise CommandError(f"--qoe log needs the ladder's lowest bitrate: {found} at quality 0 in the results; "
+                           "give --min-bitrate-kbps")
+    return float(rung0[0])
+
+
+def rescore(chunks: Any, variant: str, min_kbps: float | None) -> Any:
+    """`chunks` with the `qoe` column recomputed under `variant` (netllm.qoe.variant_terms), per session."""
+    from netllm.qoe import QoeVariantError, variant_terms
+
+    chunks = chunks.sort_values(["session_id", "chunk_index"], kind="stable")
+    try:
+        terms = [variant_terms(variant, df["bitrate_kbps"], df["rebuffer_s"], min_kbps)
+                 for _, df in chunks.groupby("session_id", sort=False)]
+    except QoeVariantError as exc:
+        raise CommandError(f"--qoe {variant}: {exc}") from exc
+    import numpy as np
+
+    return chunks.assign(qoe=np.concatenate(terms) if terms else [])
+
+
+def session_table(chunks: Any, variant: str = "lin", min_kbps: float | None = None) -> Any:
+    """One row per session: policy, trace, chunks, mean QoE (chunk 0 skipped), bitrate, stalls, switches, and
+    the QoE terms under `variant` (its utility, e.g. the bitrate in Mbps under lin; stall and switch
+    penalties), which add up to mean_qoe when `qoe` holds that variant's terms."""
     import pandas as pd
 
-    from netllm.qoe import REBUFFER_PENALTY, SMOOTH_PENALTY
+    from netllm.qoe import QOE_VARIANTS, utility
 
+    v = QOE_VARIANTS[variant]
     rows = []
     for sid, df in chunks.groupby("session_id", sort=False):
         df = df.sort_values("chunk_index")
         qoe = df["qoe"].to_numpy()
         quality = df["quality"].to_numpy()
+        q = pd.Series(utility(variant, df["bitrate_kbps"].to_numpy(), min_kbps))
         rows.append({
             "session_id": sid, "policy": df["policy"].iloc[0], "trace": df["trace"].iloc[0],
             "chunks": len(df),
@@ -127,10 +169,10 @@ def session_table(chunks: Any) -> Any:
             "mean_bitrate_kbps": float(df["bitrate_kbps"].mean()),
             "rebuffer_s": float(df["rebuffer_s"].sum()),
             "switches": int((quality[1:] != quality[:-1]).sum()),
-            # The QoE terms over chunks 1.. (they add up to mean_qoe): bitrate - stall - switch.
-            "bitrate_term": float(df["bitrate_kbps"].iloc[1:].mean() / 1000.0),
-            "stall_term": float(REBUFFER_PENALTY * df["rebuffer_s"].iloc[1:].mean()),
-            "switch_term": float(SMOOTH_PENALTY * df["bitrate_kbps"].diff().abs().iloc[1:].mean() / 1000.0),
+            # The QoE terms over chunks 1.. (they add up to mean_qoe): utility - stall - switch.
+            "bitrate_term": float(q.iloc[1:].mean()),
+            "stall_term": float(v.rebuffer_penalty * df["rebuffer_s"].iloc[1:].mean()),
+            "switch_term": float(v.smooth_penalty * q.diff().abs().iloc[1:].mean()),
             **_session_meta(df),
         })
     table = pd.DataFrame(rows)
@@ -157,22 +199,22 @@ def _policy_order(sessions: Any, wanted: list[str]) -> list[str]:
     return wanted
 
 
-def plot_box(sessions: Any, policies: list[str], path: Path) -> None:
+def plot_box(sessions: Any, policies: list[str], path: Path, qoe_name: str = "QoE") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(policies) + 2), 4.5))
     data = [sessions.loc[sessions["policy"] == p, "mean_qoe"].dropna().to_numpy() for p in policies]
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(policies) + 1), policies, rotation=20 if len(policies) > 4 else 0)
-    ax.set_ylabel("session mean QoE per chunk")
-    ax.set_title("QoE per session (chunk 0 skipped); triangle = mean")
+    ax.set_ylabel(f"session mean {qoe_name} per chunk")
+    ax.set_title(f"{qoe_name} per session (chunk 0 skipped); triangle = mean")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_cdf(sessions: Any, policies: list[str], path: Path) -> None:
+def plot_cdf(sessions: Any, policies: list[str], path: Path, qoe_name: str = "QoE") -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -181,25 +223,27 @@ def plot_cdf(sessions: Any, policies: list[str], path: Path) -> None:
         v = np.sort(sessions.loc[sessions["policy"] == p, "mean_qoe"].dropna().to_numpy())
         if v.size:
             ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=f"{p} (mean {v.mean():.3f})")
-    ax.set_xlabel("session mean QoE per chunk")
+    ax.set_xlabel(f"session mean {qoe_name} per chunk")
     ax.set_ylabel("fraction of sessions")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("CDF of session QoE")
+    ax.set_title(f"CDF of session {qoe_name}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_components(sessions: Any, policies: list[str], path: Path) -> None:
-    """Mean QoE per chunk split into its terms (chunks 1..): bitrate, stall penalty, switch penalty."""
+def plot_components(sessions: Any, policies: list[str], path: Path, qoe_name: str = "QoE") -> None:
+    """Mean QoE per chunk split into its terms (chunks 1..): utility (the bitrate in Mbps under lin), stall
+    penalty, switch penalty."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     rows = [sessions[sessions["policy"] == p] for p in policies]
-    terms = [("bitrate (Mbps)", "bitrate_term", 1.0), ("- stall penalty", "stall_term", -1.0),
-             ("- switch penalty", "switch_term", -1.0), ("= mean QoE", "mean_qoe", 1.0)]
+    first = "bitrate (Mbps)" if qoe_name == "QoE" else "utility q(R)"
+    terms = [(first, "bitrate_term", 1.0), ("- stall penalty", "stall_term", -1.0),
+             ("- switch penalty", "switch_term", -1.0), (f"= mean {qoe_name}", "mean_qoe", 1.0)]
     x = np.arange(len(policies))
     width = 0.8 / len(terms)
     fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(policies) + 2), 4.5))
@@ -209,7 +253,7 @@ def plot_components(sessions: Any, policies: list[str], path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("QoE terms per chunk (chunks 1.., mean over sessions)")
+    ax.set_title(f"{qoe_name} terms per chunk (chunks 1.., mean over sessions)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -348,8 +392,19 @@ def run(cfg: Config) -> int:
     if not (math.isfinite(cfg.chunk_duration_s) and cfg.chunk_duration_s > 0):
         raise CommandError(f"--chunk-duration-s must be a finite number of seconds > 0, "
                            f"got {cfg.chunk_duration_s}")
+    from netllm.qoe import QOE_VARIANTS
+
+    if cfg.qoe not in QOE_VARIANTS:
+        raise CommandError(f"--qoe {cfg.qoe!r}: use one of {', '.join(QOE_VARIANTS)}")
+    if not (math.isfinite(cfg.min_bitrate_kbps) and cfg.min_bitrate_kbps >= 0):
+        raise CommandError(f"--min-bitrate-kbps must be a finite number >= 0, got {cfg.min_bitrate_kbps}")
     chunks = load_compared(cfg.results, cfg.compare)
-    sessions = session_table(chunks)
+    min_kbps = lowest_bitrate_kbps(chunks, cfg.min_bitrate_kbps) if cfg.qoe == "log" else None
+    if cfg.qoe != "lin":
+        chunks = rescore(chunks, cfg.qoe, min_kbps)
+    # "QoE" is the logged linear QoE; other variants are named on every plot.
+    qoe_name = "QoE" if cfg.qoe == "lin" else f"QoE_{cfg.qoe}"
+    sessions = session_table(chunks, cfg.qoe, min_kbps)
     policies = _policy_order(sessions, cfg.policies)
     sessions = sessions[sessions["policy"].isin(policies)]
     session = cfg.session or str(sessions["session_id"].iloc[0])
@@ -359,12 +414,13 @@ def run(cfg: Config) -> int:
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out)
     timeline = cfg.out / f"timeline_{_safe_name(session)}.png"
-    plot_box(sessions, policies, cfg.out / "qoe_box.png")
-    plot_cdf(sessions, policies, cfg.out / "qoe_cdf.png")
-    plot_components(sessions, policies, cfg.out / "qoe_components.png")
+    plot_box(sessions, policies, cfg.out / "qoe_box.png", qoe_name)
+    plot_cdf(sessions, policies, cfg.out / "qoe_cdf.png", qoe_name)
+    plot_components(sessions, policies, cfg.out / "qoe_components.png", qoe_name)
     plot_timeline(chunks, session, timeline)
     sessions.drop(columns=["run_conditions"]).to_csv(cfg.out / "sessions.csv", index=False)
     doc: dict[str, Any] = {"results": str(cfg.results), "compared": list(cfg.compare), "policies": policies,
+                           "qoe": cfg.qoe, **({"qoe_min_bitrate_kbps": min_kbps} if min_kbps else {}),
                            "sessions": int(len(sessions)),
                            "sessions_used": int(sessions["mean_qoe"].notna().sum()),
                            "timeline_session": session,

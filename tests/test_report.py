@@ -166,3 +166,62 @@ def test_report_refuses_a_chunk_duration_that_is_not_a_length(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "--chunk-duration-s must be a finite number of seconds > 0" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def _hand_variant_mean(session, utility_of, rebuffer_penalty: float) -> float:
+    """Pensieve's QoE variants written out by hand for one session (chunks 1.., switch against chunk n-1)."""
+    q = [utility_of(b) for b in session.bitrates_kbps]
+    terms = [q[n] - rebuffer_penalty * session.rebuffers_s[n] - abs(q[n] - q[n - 1]) for n in range(1, len(q))]
+    return float(np.mean(terms))
+
+
+def test_report_scores_sessions_under_qoe_log_and_hd(tmp_path):
+    import math
+
+    import pandas as pd
+
+    from emulation.report import Config, run
+
+    results = tmp_path / "sim"
+    results.mkdir()
+    sessions = _sessions(("bba", "robustmpc"), traces=3)
+    pd.DataFrame([r for s in sessions for r in s.rows]).to_parquet(results / "chunks.parquet")
+    hd = {300: 1, 750: 2, 1200: 3, 1850: 12, 2850: 15, 4300: 20}
+    for variant, utility_of, penalty in (("hd", lambda b: hd[int(b)], 8.0),
+                                         ("log", lambda b: math.log(b / 300.0), 2.66)):
+        out = tmp_path / variant
+        assert run(Config(results=results, out=out, qoe=variant, reference="robustmpc")) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["qoe"] == variant
+        for policy in ("bba", "robustmpc"):
+            expected = np.mean([_hand_variant_mean(s, utility_of, penalty) for s in sessions if s.policy == policy])
+            assert summary[policy]["mean_qoe"] == pytest.approx(expected)
+        table = pd.read_csv(out / "sessions.csv")
+        # The three terms add up to the session's QoE under the variant.
+        assert np.allclose(table["bitrate_term"] - table["stall_term"] - table["switch_term"], table["mean_qoe"])
+    assert summary["qoe_min_bitrate_kbps"] == 300.0
+    # The linear default still reports the logged QoE.
+    assert run(Config(results=results, out=tmp_path / "lin")) == 0
+    lin = json.loads((tmp_path / "lin" / "summary.json").read_text())
+    assert lin["bba"]["mean_qoe"] == pytest.approx(np.mean([s.mean_qoe for s in sessions if s.policy == "bba"]))
+
+
+def test_report_refuses_a_qoe_variant_it_cannot_compute(tmp_path):
+    import pandas as pd
+
+    from emulation.report import Config, run
+
+    results = tmp_path / "sim"
+    results.mkdir()
+    rows = [r for s in _sessions(("bba",), traces=1) for r in s.rows]
+    pd.DataFrame(rows).assign(bitrate_kbps=lambda df: df["bitrate_kbps"] * 2).to_parquet(results / "chunks.parquet")
+    with pytest.raises(CommandError, match="hd is defined for the ladder"):
+        run(Config(results=results, out=tmp_path / "a", qoe="hd"))
+    with pytest.raises(CommandError, match="use one of lin, log, hd"):
+        run(Config(results=results, out=tmp_path / "b", qoe="ssim"))
+    no_rung0 = tmp_path / "no-rung0"
+    no_rung0.mkdir()
+    pd.DataFrame(rows).query("quality != 0").to_parquet(no_rung0 / "chunks.parquet")
+    with pytest.raises(CommandError, match="give --min-bitrate-kbps"):
+        run(Config(results=no_rung0, out=tmp_path / "c", qoe="log"))
+    assert run(Config(results=no_rung0, out=tmp_path / "d", qoe="log", min_bitrate_kbps=300.0)) == 0
