@@ -526,8 +526,9 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
 
     from safetensors.torch import load_file, save_file
 
-    from controller.netllm.checkpoint import CONFIG_FILE, STORAGE_DTYPES, load_checkpoint
+    from controller.netllm.checkpoint import CONFIG_FILE, load_checkpoint
     from netllm.atomic import write_folder_atomically
+    from netllm.tensor_files import cast_for_storage
 
     _check(cfg)
     out = Path(cfg.out)
@@ -554,9 +555,8 @@ def select_checkpoint(cfg: Config) -> dict[str, Any]:
             if not src.is_file() or src.name.startswith("train_state."):
                 continue
             if src.suffix == ".safetensors":  # store in --save-dtype (last/ is float32 for resuming)
-                tensors = {k: v.to(STORAGE_DTYPES[cfg.save_dtype]) if v.is_floating_point() else v
-                           for k, v in load_file(str(src)).items()}
-                save_file(tensors, str(staging / src.name), metadata={"format": "pt"})
+                save_file(cast_for_storage(load_file(str(src)), cfg.save_dtype), str(staging / src.name),
+                          metadata={"format": "pt"})
             else:
                 shutil.copy2(src, staging / src.name)
         doc = json.loads((staging / CONFIG_FILE).read_text())
