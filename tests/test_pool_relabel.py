@@ -143,3 +143,40 @@ def test_an_expert_labelling_its_own_play_agrees_everywhere() -> None:
                            label_with="robustmpc")
     assert pool.labels is not None and len(pool) > 0
     assert pool.relabelled_rows() == 0
+
+
+def test_adjacent_epsilon_with_its_own_expert_gives_perturbed_demonstrations() -> None:
+    """robustMPC perturbed by one level at a time, labelled by a shadow robustMPC (DART-style): every label
+    is the choice the perturbation replaced, so a played level differs from its label by at most one rung,
+    and both directions occur."""
+    from training.collect import collect_pool
+
+    pool, _ = collect_pool(synthetic_sessions(2, seed=3), ["robustmpc"], synthetic_video(), repeats=2, seed=1,
+                           epsilon=0.3, epsilon_levels="adjacent", label_with="robustmpc")
+    assert pool.meta["epsilon_levels"] == "adjacent"
+    gap = pool.actions - pool.labels
+    assert set(np.unique(gap).tolist()) == {-1, 0, 1}
+    assert 0.1 < float(np.mean(gap != 0)) < 0.5  # about epsilon of the decisions were replaced
+
+
+def test_adjacent_epsilon_stays_on_the_ladder() -> None:
+    import random
+    from types import SimpleNamespace
+
+    from training.collect import EpsilonPolicy
+
+    class Fixed:
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+        def reset(self) -> None: ...
+
+        def select_quality(self, obs) -> int:
+            return self.level
+
+    obs = SimpleNamespace(levels=6)
+    for level, allowed in ((0, {1}), (5, {4}), (2, {1, 3})):
+        policy = EpsilonPolicy(Fixed(level), 1.0, random.Random(0), "adjacent")
+        assert {policy.select_quality(obs) for _ in range(50)} == allowed
+    with pytest.raises(ValueError, match="epsilon levels"):
+        EpsilonPolicy(Fixed(0), 0.1, random.Random(0), "far")

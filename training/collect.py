@@ -5,7 +5,10 @@ policy's). For variety, repeat r > 0 starts the trace at a seeded random sample 
 multiplies every download delay by U(0.9, 1.1) from a seeded generator; repeat 0 starts at the split's start
 index (1 unless the split says otherwise). All policies of one (trace, repeat) get the same start and noise. `--epsilon`
 optionally replaces a decision by a random level with that probability (seeded), to show the model actions
-off the baselines' paths; recorded actions are the ones actually taken. The policy `optimal` (the offline
+off the baselines' paths; recorded actions are the ones actually taken. `--epsilon-levels adjacent` draws the
+replacement from the levels next to the policy's choice instead of from all of them, so the episode strays
+from the policy's path by one rung at a time (with `--label-with` the same policy, DART-style perturbed
+demonstrations: states just off the expert's path, labelled with the expert's way back). The policy `optimal` (the offline
 optimum's plan, see emulation.abr_optimal) runs without noise: its plan is only optimal for the exact trace.
 
 DAgger-style relabelling: with `--label-with EXPERT`, a shadow instance of EXPERT is shown every observation
@@ -45,6 +48,8 @@ class Config:
     repeats: int = arg(2, help="episodes per (trace, policy): repeat 0 at the split's start, others random")
     noise: bool = arg(True, help="multiply download delays by U(0.9, 1.1) on repeats > 0 (seeded)")
     epsilon: float = arg(0.0, help="probability of replacing a decision by a random level (seeded)")
+    epsilon_levels: str = arg("any", help="where --epsilon's random level is drawn from: any (every level) or "
+                                          "adjacent (one level above or below the policy's choice)")
     max_traces: int = arg(0, help="use only the first N traces (0: all)")
     seed: int = arg(0, help="base seed of start indices, noise and epsilon draws")
     keep: str = arg("all", help="all: every policy's episode; best: of each (trace, repeat), only the "
@@ -57,6 +62,7 @@ class Config:
 
 
 KEEP_CHOICES = ("all", "best")
+EPSILON_LEVELS = ("any", "adjacent")
 
 
 @dataclass
@@ -111,10 +117,13 @@ def _sessions_of_split(split: str) -> list[Session]:
 
 
 class EpsilonPolicy:
-    """Wraps a policy: with probability epsilon the decision is a random level (both drawn from `rng`)."""
+    """Wraps a policy: with probability epsilon the decision is a random level (both drawn from `rng`): any
+    level, or with `levels="adjacent"` one of the levels next to the policy's choice."""
 
-    def __init__(self, inner: Any, epsilon: float, rng: random.Random) -> None:
-        self.inner, self.epsilon, self.rng = inner, epsilon, rng
+    def __init__(self, inner: Any, epsilon: float, rng: random.Random, levels: str = "any") -> None:
+        if levels not in EPSILON_LEVELS:
+            raise ValueError(f"epsilon levels {levels!r}: use one of {', '.join(EPSILON_LEVELS)}")
+        self.inner, self.epsilon, self.rng, self.levels = inner, epsilon, rng, levels
         self.name = getattr(inner, "name", type(inner).__name__)
 
     def reset(self) -> None:
@@ -123,7 +132,9 @@ class EpsilonPolicy:
     def select_quality(self, obs: Any) -> int:
         quality = self.inner.select_quality(obs)  # always asked, so stateful policies see every chunk
         if self.epsilon > 0 and self.rng.random() < self.epsilon:
-            return self.rng.randrange(obs.levels)
+            if self.levels == "any":
+                return self.rng.randrange(obs.levels)
+            return self.rng.choice([q for q in (quality - 1, quality + 1) if 0 <= q < obs.levels])
         return quality
 
     def observe_outcome(self, reward: float) -> None:
@@ -174,7 +185,7 @@ def _policy_for(name: str, session: Session, video: Any, sim_config: Any) -> Any
 def collect_pool(sessions: list[Session], policies: list[str], video: Any, repeats: int = 1,
                  noise: bool = True, epsilon: float = 0.0, seed: int = 0, progress: bool = False,
                  meta: dict[str, Any] | None = None, keep: str = "all", label_with: str = "",
-                 append_to: Any = None) -> tuple[Any, dict[str, list[float]]]:
+                 append_to: Any = None, epsilon_levels: str = "any") -> tuple[Any, dict[str, list[float]]]:
     """Run every (session, repeat) with every policy in the simulator; the pool and each policy's episode QoE.
 
     The policies of one (session, repeat) face the same start index and delay noise (paired episodes), so
@@ -206,7 +217,7 @@ def collect_pool(sessions: list[Session], policies: list[str], video: Any, repea
             sim_config = SimConfig(noise=noise and repeat > 0 and name != "optimal")
             policy = _policy_for(name, episode_session, video, sim_config)
             if epsilon > 0 and name != "optimal":
-                policy = EpsilonPolicy(policy, epsilon, random.Random(f"{episode_seed}:{name}"))
+                policy = EpsilonPolicy(policy, epsilon, random.Random(f"{episode_seed}:{name}"), epsilon_levels)
             ep = run_episode(policy, episode_session, video, sim_config, episode_seed, expert)
             per_policy[name].append(ep["mean_qoe"])
             episodes.append((name, ep))
@@ -216,8 +227,8 @@ def collect_pool(sessions: list[Session], policies: list[str], video: Any, repea
             builder.add_episode(ep["observations"], ep["actions"], ep["rewards"], session.trace.name, name,
                                 start, episode_seed, ep["labels"])
     full_meta = {"policies": list(policies), "repeats": repeats, "noise": noise, "epsilon": epsilon,
-                 "seed": seed, "keep": keep, "traces": len(sessions), "sim_config": to_jsonable(SimConfig()),
-                 "label_with": label_with or None}
+                 "epsilon_levels": epsilon_levels, "seed": seed, "keep": keep, "traces": len(sessions),
+                 "sim_config": to_jsonable(SimConfig()), "label_with": label_with or None}
     if append_to is not None:  # provenance of the aggregated rounds, oldest first
         full_meta["appended_to"] = {"episodes": append_to.episode_count, "meta": append_to.meta}
     full_meta.update(meta or {})
@@ -235,6 +246,8 @@ def run(cfg: Config) -> int:
         raise CommandError("--policies is empty: name at least one policy to play the episodes")
     if cfg.keep not in KEEP_CHOICES:
         raise CommandError(f"--keep {cfg.keep!r}: use one of {', '.join(KEEP_CHOICES)}")
+    if cfg.epsilon_levels not in EPSILON_LEVELS:
+        raise CommandError(f"--epsilon-levels {cfg.epsilon_levels!r}: use one of {', '.join(EPSILON_LEVELS)}")
     for name in cfg.policies + ([cfg.label_with] if cfg.label_with else []):
         if name != "optimal":
             try:
@@ -259,7 +272,8 @@ def run(cfg: Config) -> int:
     try:
         pool, per_policy = collect_pool(sessions, cfg.policies, video, cfg.repeats, cfg.noise, cfg.epsilon,
                                         cfg.seed, progress=True, meta=meta, keep=cfg.keep,
-                                        label_with=cfg.label_with, append_to=earlier)
+                                        label_with=cfg.label_with, append_to=earlier,
+                                        epsilon_levels=cfg.epsilon_levels)
     except PoolError as exc:  # e.g. no session at all: an empty pool
         raise CommandError(f"no pool written: {exc}") from exc
     pool.save(cfg.out)
