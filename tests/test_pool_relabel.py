@@ -151,8 +151,8 @@ def test_adjacent_epsilon_with_its_own_expert_gives_perturbed_demonstrations() -
     and both directions occur."""
     from training.collect import collect_pool
 
-    pool, _ = collect_pool(synthetic_sessions(2, seed=3), ["robustmpc"], synthetic_video(), repeats=2, seed=1,
-                           epsilon=0.3, epsilon_levels="adjacent", label_with="robustmpc")
+    pool, _ = collect_pool(synthetic_sessions(2, seed=3), ["robustmpc"], synthetic_video(), repeats=2,
+                           seed=1, epsilon=0.3, epsilon_levels="adjacent", label_with="robustmpc")
     assert pool.meta["epsilon_levels"] == "adjacent"
     gap = pool.actions - pool.labels
     assert set(np.unique(gap).tolist()) == {-1, 0, 1}

@@ -182,6 +182,39 @@ def test_init_from_can_add_a_return_bypass(pool_dir: Path, tmp_path: Path) -> No
     assert _train(pool_dir, tmp_path / "third", "--optimizer-steps", "1", "--init-from", str(second / "last")) == 2
 
 
+def test_eval_window_scores_periodic_evaluations_with_that_context(pool_dir: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """--eval-window serves periodic evaluations and the end-of-run choice with that many steps of context,
+    and best/ records it as its served context."""
+    import training.train as train_module
+    from netllm.cli import main
+    from traces.readers import write_cooked
+
+    valid = tmp_path / "valid"
+    for s in synthetic_sessions(1, seed=51):
+        write_cooked(s.trace, valid / s.trace.name)
+    windows: list[int | None] = []
+    real = train_module.simulate_mean_qoe
+
+    def recording(*args, **kwargs):
+        windows.append(args[5] if len(args) > 5 else kwargs.get("window"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "simulate_mean_qoe", recording)
+    out = tmp_path / "run"
+    common = ["train", "--pool", str(pool_dir), "--backbone", "tiny", "--device", "cpu", "--window", "8",
+              "--micro-batch-size", "2", "--grad-accum", "1", "--conv-channels", "8", "--select-by", "sim",
+              "--valid-trace-dir", str(valid)]
+    assert main([*common, "--out", str(out), "--optimizer-steps", "2", "--eval-every", "1",
+                 "--eval-window", "3", "--target-quantiles", "0.5,1.0"]) == 0
+    assert windows == [3, 3, 3, 3]  # two periodic evaluations, then the two candidate targets
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["target_scores"]) == {"0.5/w3", "1/w3"}
+    assert json.loads((out / "best" / "netllm_config.json").read_text())["serving"]["context_steps"] == 3
+    for bad in ("1", "9"):
+        assert main([*common, "--out", str(tmp_path / f"bad{bad}"), "--eval-window", bad]) == 2
+
+
 def test_simulator_selection_and_target_choice(pool_dir: Path, tmp_path: Path) -> None:
     """--select-by sim scores checkpoints on validation traces and picks the serving target there."""
     from traces.readers import write_cooked

@@ -3,13 +3,14 @@
 Every (trace, policy, repeat) becomes one episode (with `--keep best`, only each (trace, repeat)'s best
 policy's). For variety, repeat r > 0 starts the trace at a seeded random sample index and, with `--noise`,
 multiplies every download delay by U(0.9, 1.1) from a seeded generator; repeat 0 starts at the split's start
-index (1 unless the split says otherwise). All policies of one (trace, repeat) get the same start and noise. `--epsilon`
-optionally replaces a decision by a random level with that probability (seeded), to show the model actions
-off the baselines' paths; recorded actions are the ones actually taken. `--epsilon-levels adjacent` draws the
-replacement from the levels next to the policy's choice instead of from all of them, so the episode strays
-from the policy's path by one rung at a time (with `--label-with` the same policy, DART-style perturbed
-demonstrations: states just off the expert's path, labelled with the expert's way back). The policy `optimal` (the offline
-optimum's plan, see emulation.abr_optimal) runs without noise: its plan is only optimal for the exact trace.
+index (1 unless the split says otherwise). All policies of one (trace, repeat) get the same start and
+noise. `--epsilon` optionally replaces a decision by a random level with that probability (seeded), to show
+the model actions off the baselines' paths; recorded actions are the ones actually taken. `--epsilon-levels
+adjacent` draws the replacement from the levels next to the policy's choice instead of from all of them, so
+the episode strays from the policy's path by one rung at a time (with `--label-with` the same policy,
+DART-style perturbed demonstrations: states just off the expert's path, labelled with the expert's way
+back). The policy `optimal` (the offline optimum's plan, see emulation.abr_optimal) runs without noise: its
+plan is only optimal for the exact trace.
 
 DAgger-style relabelling: with `--label-with EXPERT`, a shadow instance of EXPERT is shown every observation
 the playing policy sees (so its memory, e.g. robustMPC's prediction errors, follows the session actually
@@ -48,8 +49,8 @@ class Config:
     repeats: int = arg(2, help="episodes per (trace, policy): repeat 0 at the split's start, others random")
     noise: bool = arg(True, help="multiply download delays by U(0.9, 1.1) on repeats > 0 (seeded)")
     epsilon: float = arg(0.0, help="probability of replacing a decision by a random level (seeded)")
-    epsilon_levels: str = arg("any", help="where --epsilon's random level is drawn from: any (every level) or "
-                                          "adjacent (one level above or below the policy's choice)")
+    epsilon_levels: str = arg("any", help="where --epsilon's random level is drawn from: any (every level) "
+                                          "or adjacent (one level above or below the policy's choice)")
     max_traces: int = arg(0, help="use only the first N traces (0: all)")
     seed: int = arg(0, help="base seed of start indices, noise and epsilon draws")
     keep: str = arg("all", help="all: every policy's episode; best: of each (trace, repeat), only the "
@@ -217,7 +218,8 @@ def collect_pool(sessions: list[Session], policies: list[str], video: Any, repea
             sim_config = SimConfig(noise=noise and repeat > 0 and name != "optimal")
             policy = _policy_for(name, episode_session, video, sim_config)
             if epsilon > 0 and name != "optimal":
-                policy = EpsilonPolicy(policy, epsilon, random.Random(f"{episode_seed}:{name}"), epsilon_levels)
+                rng = random.Random(f"{episode_seed}:{name}")
+                policy = EpsilonPolicy(policy, epsilon, rng, epsilon_levels)
             ep = run_episode(policy, episode_session, video, sim_config, episode_seed, expert)
             per_policy[name].append(ep["mean_qoe"])
             episodes.append((name, ep))

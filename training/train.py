@@ -10,7 +10,8 @@ validation data and the best score is kept in `OUT/best`:
 - `--select-by sim` (default): the mean per-chunk QoE (chunk 0 skipped) of the model as a policy in the
   simulator over the validation split (`--valid-split`, or `--valid-trace-dir`), asking for the pool's
   `eval_target_quantile` episode return, served as the netllm policy serves it on `--device`
-  (`--valid-quantize`: int8-split on a CPU);
+  (`--valid-quantize`: int8-split on a CPU) with `--eval-window` steps of context (default: the trained
+  window);
 - `--select-by loss`: the action cross-entropy on pool episodes held out by trace (`--valid-fraction`).
 At the end the best checkpoint's serving target return is chosen the same way among quantiles of the pool's
 per-episode mean QoE (`--target-quantiles`), jointly with the context served (`--serving-windows`; default
@@ -46,6 +47,7 @@ RESUMABLE = frozenset({
     "resume", "out", "init_from", "select_only",  # this invocation (a copied run resumes under a new --out)
     "pool", "device", "dtype", "micro_batch_size", "grad_accum",
     "valid_max_traces", "valid_starts", "valid_windows", "valid_quantize", "eval_target_quantile",
+    "eval_window",
     "target_quantiles", "serving_windows",  # end-of-run candidates
     "save_dtype",  # how checkpoints are stored, not what is trained
 })
@@ -107,6 +109,11 @@ class Config:
     # traces (mean QoE -1.6 at the 0.75 quantile vs +0.6 at 0.5, same checkpoint), so periodic scores misled.
     eval_target_quantile: float = arg(0.5, help="target return of periodic evaluations: this quantile of "
                                                 "the pool's per-episode mean QoE")
+    # A fine-tune of a checkpoint served with a short context (the shipped ABR model: 3 steps) is best judged
+    # as it will serve; a short served context also makes each evaluation cheaper (87 sessions: ~3 min at 3
+    # steps against ~8 at 20 on this CPU).
+    eval_window: int = arg(0, help="steps of context served in periodic evaluations (2 .. --window; 0: the "
+                                   "trained window); best/ records it as its served context")
     target_quantiles: list[float] = arg([0.25, 0.5, 0.75, 0.9],
                                         help="candidate serving targets tried on validation at the end")
     # A model trained on 20-step windows may do better served with fewer: the shipped ABR model scored higher
@@ -176,6 +183,9 @@ def _check(cfg: Config) -> None:
         raise CommandError("--serving-windows must be >= 2 (and at most the trained window)")
     if not cfg.select_only and any(w > cfg.window for w in cfg.serving_windows):
         raise CommandError(f"--serving-windows: at most --window ({cfg.window})")
+    if cfg.eval_window and not 2 <= cfg.eval_window <= cfg.window:
+        raise CommandError(f"--eval-window {cfg.eval_window}: use 0 (the trained window) or 2 .. --window "
+                           f"({cfg.window})")
     try:
         _valid_quantize(cfg)
     except ValueError as exc:
@@ -287,7 +297,7 @@ def _evaluate(model: Any, cfg: Config, val: Validation, train_pool: Any, device:
     if cfg.select_by == "sim":
         scores["valid_qoe"] = simulate_mean_qoe(model, val.sessions, val.video,
                                                 _target(train_pool, cfg.eval_target_quantile),
-                                                _valid_quantize(cfg))
+                                                _valid_quantize(cfg), cfg.eval_window or None)
     scores["score"] = scores["valid_qoe"] if cfg.select_by == "sim" else -scores["valid_loss"]
     return scores
 
@@ -380,12 +390,17 @@ def _resume_from(model: Any, last: Path, optimizer: Any, rng: np.random.Generato
         raise CommandError(f"--resume: {last} cannot be resumed: {exc}") from exc
 
 
-def _serving(pool: Any, target: float) -> dict[str, Any]:
+def _serving(pool: Any, target: float, context_steps: int = 0) -> dict[str, Any]:
+    """best/'s `serving` entries before the end-of-run choice: the periodic evaluations' target, and their
+    served context when it is not the trained window."""
     from controller.netllm.abr_features import COL
 
     chunk_index = pool.observations[:, COL["chunk_index"]]
-    return {"target_return_per_chunk": target, "min_trained_timestep": int(chunk_index.min()),
-            "max_trained_timestep": int(chunk_index.max())}
+    serving = {"target_return_per_chunk": target, "min_trained_timestep": int(chunk_index.min()),
+               "max_trained_timestep": int(chunk_index.max())}
+    if context_steps:
+        serving["context_steps"] = context_steps
+    return serving
 
 
 def _choose_target(cfg: Config, val: Validation, pool: Any, best_dir: Path) -> dict[str, float]:
@@ -405,13 +420,14 @@ def _choose_target(cfg: Config, val: Validation, pool: Any, best_dir: Path) -> d
 
 def _serving_scores(model: Any, cfg: Config, val: Validation, pool: Any) -> dict[str, float]:
     """Validation QoE of `model` at every (target quantile, served window) candidate, keyed "0.75" (only the
-    trained window) or "0.75/w3" (--serving-windows)."""
+    trained window) or "0.75/w3" (--serving-windows, else --eval-window's one window)."""
     trained = int(model.cfg.window)
-    windows = list(dict.fromkeys(cfg.serving_windows)) or [trained]
+    windows = list(dict.fromkeys(cfg.serving_windows)) or [cfg.eval_window or trained]
     if max(windows) > trained:
         raise CommandError(f"--serving-windows {max(windows)}: longer than the trained window ({trained})")
     quantize = _valid_quantize(cfg)
-    return {(f"{q:g}/w{w}" if cfg.serving_windows else f"{q:g}"):
+    keyed = bool(cfg.serving_windows or cfg.eval_window)
+    return {(f"{q:g}/w{w}" if keyed else f"{q:g}"):
             simulate_mean_qoe(model, val.sessions, val.video, _target(pool, q), quantize, w)
             for q in cfg.target_quantiles for w in windows}
 
@@ -467,7 +483,7 @@ def train(cfg: Config) -> dict[str, Any]:
             resumed["samples"] = resumed["micro_batches"] * cfg.micro_batch_size
         counters.update(resumed)
     save_run_config(cfg, out, cfg.resume)
-    serving = _serving(train_pool, _target(train_pool, cfg.eval_target_quantile))
+    serving = _serving(train_pool, _target(train_pool, cfg.eval_target_quantile), cfg.eval_window)
     log = CsvLog(out / "loss.csv", LOSS_COLUMNS, resume_after_step=counters["step"] if cfg.resume else None)
     trainable, total = model.trainable_parameters()
     bar = tqdm(total=cfg.optimizer_steps, initial=counters["step"], desc="train", unit="step")
