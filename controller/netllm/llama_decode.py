@@ -7,7 +7,10 @@ position ids, grouped-query `repeat_kv` copies). This module runs the same layer
 - rotary cos/sin tables computed once, by the body's own rotary module (so every static RoPE variant of the
   config is honoured);
 - grouped-query attention without copying keys/values: the query heads that share a key/value head are
-  stacked along the sequence axis and attend to that head's keys with one causal mask.
+  stacked along the sequence axis and attend to that head's keys with one causal mask;
+- queries and keys rotated in one pass (with a fused q/k/v layer they are adjacent columns of its output), and
+  attention as three plain ops (scaled scores plus mask, softmax, weighted values): at ~8 queries torch's
+  `scaled_dot_product_attention` took its generic path on the CPU, ~2.5x slower than these three.
 It calls the body's own linear modules, so LoRA-merged, int8-quantised (controller.netllm.quantize) and
 outlier-split layers work unchanged; fused q/k/v and gate/up projections are used when a layer has them.
 `LlamaDecoder.supports` says which bodies qualify; others keep the transformers path
@@ -43,10 +46,11 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return norm.weight * h.to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) * sin == roll(x, half) * signed sin, for Llama's rotary
+    layout (the two halves of a head share one frequency each)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 class LlamaDecoder:
@@ -79,7 +83,7 @@ class LlamaDecoder:
         ids = torch.arange(positions, device=self._device).unsqueeze(0)
         probe = torch.zeros(1, device=self._device, dtype=self._dtype)
         cos, sin = self.body.rotary_emb(probe, ids)
-        return cos[0], sin[0]  # (positions, head_dim)
+        return cos[0], _signed_sin(sin[0])  # (positions, head_dim)
 
     def new_cache(self) -> KVCache:
         shape = (len(self.body.layers), self.kv_heads, self.capacity, self.head_dim)
@@ -95,14 +99,18 @@ class LlamaDecoder:
         if capacity > self._cos.shape[0]:
             self._cos, self._sin = self._rotary_tables(capacity)
 
-    def _qkv(self, attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Queries, keys, values: one matmul when the layer has a fused `qkv_proj` (controller.netllm.quantize
-        .fuse_projections), else three."""
+    def _qk_v(self, attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys side by side (n, heads + kv_heads, head_dim), and values (n, kv_heads * head_dim):
+        one matmul when the layer has a fused `qkv_proj` (controller.netllm.quantize.fuse_projections)."""
+        n, qk_width = h.shape[0], (self.heads + self.kv_heads) * self.head_dim
         fused = getattr(attn, "qkv_proj", None)
         if fused is None:
-            return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        kv_width = self.kv_heads * self.head_dim
-        return fused(h).split((self.heads * self.head_dim, kv_width, kv_width), -1)
+            qk = torch.cat((attn.q_proj(h), attn.k_proj(h)), dim=-1)
+            v = attn.v_proj(h)
+        else:
+            qkv = fused(h)
+            qk, v = qkv[:, :qk_width], qkv[:, qk_width:]
+        return qk.view(n, self.heads + self.kv_heads, self.head_dim), v
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Final hidden states (1, n, width) of `tokens` (1, n, width); appends their keys/values to `cache`."""
@@ -115,24 +123,26 @@ class LlamaDecoder:
         cos, sin = self._cos[start:end], self._sin[start:end]
         # Query row g*n + t (query head g of a key/value group, token t) sees keys 0 .. start + t.
         group = self.heads // self.kv_heads
-        # An additive float mask: a boolean one sends SDPA through extra checks and conversions per call.
+        # An additive float mask, added to the scores by the same op that computes them (one copy per key/value
+        # head: baddbmm is slower with a broadcast one).
         allowed = torch.ones(n, end, dtype=torch.bool, device=tokens.device).tril(start)
         mask = torch.zeros(n, end, dtype=self._dtype, device=tokens.device).masked_fill_(~allowed, float("-inf"))
-        mask = mask.repeat(group, 1)
+        mask = mask.repeat(group, 1).expand(self.kv_heads, -1, -1).contiguous()
         x = tokens[0].to(self._dtype)
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for i, layer in enumerate(self.body.layers):
             attn = layer.self_attn
-            h = _rms_norm(x, layer.input_layernorm)
-            q, k, v = self._qkv(attn, h)
-            q = q.view(n, self.heads, self.head_dim).transpose(0, 1)
-            k = k.view(n, self.kv_heads, self.head_dim).transpose(0, 1)
-            v = v.view(n, self.kv_heads, self.head_dim).transpose(0, 1)
-            cache.keys[i, :, start:end] = _rotate(k, cos, sin)
-            cache.values[i, :, start:end] = v
-            q = _rotate(q, cos, sin).reshape(self.kv_heads, group * n, self.head_dim)
-            out = F.scaled_dot_product_attention(q, cache.keys[i, :, :end], cache.values[i, :, :end],
-                                                 attn_mask=mask, scale=attn.scaling)
-            out = out.view(self.heads, n, self.head_dim).transpose(0, 1).reshape(n, -1)
+            qk, v = self._qk_v(attn, _rms_norm(x, layer.input_layernorm))
+            qk = qk * cos + torch.roll(qk, head_dim // 2, -1) * sin
+            cache.keys[i, :, start:end] = qk[:, heads:].transpose(0, 1)
+            cache.values[i, :, start:end] = v.view(n, kv_heads, head_dim).transpose(0, 1)
+            q = qk[:, :heads].transpose(0, 1).reshape(kv_heads, group * n, head_dim)
+            scores = torch.baddbmm(mask, q, cache.keys[i, :, :end].transpose(1, 2), alpha=attn.scaling)
+            # Softmax in float32 whatever the body's dtype, as transformers' eager attention does.
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            out = torch.bmm(weights, cache.values[i, :, :end])
+            out = out.view(heads, n, head_dim).transpose(0, 1).reshape(n, -1)
             x = x + attn.o_proj(out)
             h = _rms_norm(x, layer.post_attention_layernorm)
             mlp = layer.mlp
